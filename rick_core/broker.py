@@ -1,0 +1,292 @@
+"""The broker contract: what every broker plugin implements, so strategies and the
+engine never change when the venue does.
+
+A broker plugin registers a *factory* (see ``register_brokers`` in
+:mod:`rick_core.hookspecs`) that the core calls with a
+:class:`~rick_core.components.ComponentSetup`
+for each broker configured in ``rick.toml``. The object it returns is a
+:class:`Broker`.
+
+Lifecycle: the engine calls :meth:`Broker.connect` once and counts the broker
+ready only when it returns; :meth:`Broker.close` is always called, also after
+a failed ``connect``. All methods are trio-async and must be cancellation-safe.
+
+Errors: a broker raises only subclasses of :class:`BrokerError` for venue-side
+problems, so the engine can act on them uniformly (``retryable`` says whether
+the same call may succeed later). A venue's own reason text is kept in the
+message; credentials never are.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
+from typing import Final, Protocol
+
+from attrs import field, frozen
+
+from rick_core.components import ComponentSetup
+from rick_core.model import (
+    Account,
+    Fill,
+    Instrument,
+    Order,
+    OrderRequest,
+    OrderType,
+    Position,
+    Quote,
+    TimeInForce,
+)
+from rick_core.symbols import SymbolMap
+
+__all__ = [
+    "KEEP",
+    "AuthenticationFailed",
+    "Broker",
+    "BrokerError",
+    "BrokerEvent",
+    "BrokerFactory",
+    "Capabilities",
+    "Disconnected",
+    "Keep",
+    "NotFound",
+    "OrderRejected",
+    "RateLimited",
+    "TemporarilyUnavailable",
+    "Unsupported",
+]
+
+
+# ---------------------------------------------------------------------------
+# errors
+
+
+class BrokerError(Exception):
+    """Base of every error a broker raises for a venue-side problem."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, broker: str = "") -> None:
+        super().__init__(f"{broker}: {message}" if broker else message)
+        self.broker = broker
+
+
+class OrderRejected(BrokerError):
+    """The venue refused the order; ``reason`` is the venue's own words, ``code`` its code."""
+
+    def __init__(self, reason: str, *, broker: str = "", code: str | None = None) -> None:
+        detail = f"order rejected: {reason}" + (f" ({code})" if code else "")
+        super().__init__(detail, broker=broker)
+        self.reason = reason
+        self.code = code
+
+
+class RateLimited(BrokerError):
+    """The venue asked us to slow down; retry after ``retry_after`` seconds when given."""
+
+    retryable = True
+
+    def __init__(self, message: str = "rate limited", *, broker: str = "",
+                 retry_after: float | None = None) -> None:
+        if retry_after is not None:
+            message = f"{message} (retry after {retry_after:g}s)"
+        super().__init__(message, broker=broker)
+        self.retry_after = retry_after
+
+
+class AuthenticationFailed(BrokerError):
+    """The venue refused our credentials. Retrying with the same ones will not help."""
+
+
+class NotFound(BrokerError):
+    """The order, position or instrument asked for does not exist at the venue."""
+
+
+class TemporarilyUnavailable(BrokerError):
+    """The venue is down, overloaded or unreachable right now; the call may succeed later."""
+
+    retryable = True
+
+
+class Disconnected(TemporarilyUnavailable):
+    """The connection to the venue was lost; the broker will reconnect."""
+
+
+class Unsupported(BrokerError):
+    """The venue cannot do this (see :class:`Capabilities`); no retry will change that."""
+
+
+# ---------------------------------------------------------------------------
+# capabilities
+
+
+@frozen
+class Capabilities:
+    """What a venue does natively. The engine emulates or refuses the rest."""
+
+    order_types: frozenset[OrderType] = field(
+        default=frozenset(OrderType), converter=frozenset
+    )
+    time_in_force: frozenset[TimeInForce] = field(
+        default=frozenset({TimeInForce.GTC, TimeInForce.IOC}), converter=frozenset
+    )
+    attached_stop_loss: bool = False
+    attached_take_profit: bool = False
+    modify_order_protection: bool = False
+    modify_position_protection: bool = False
+    client_order_ids: bool = False
+    fractional_quantity: bool = True
+    short_selling: bool = True
+    streaming_quotes: bool = True
+    streaming_events: bool = True
+
+
+# ---------------------------------------------------------------------------
+# setup
+
+
+class _Keep:
+    """Sentinel type of :data:`KEEP`."""
+
+    _instance: _Keep | None = None
+
+    def __new__(cls) -> _Keep:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+Keep = _Keep
+KEEP: Final = _Keep()
+"""Leave this protective order as it is (as opposed to ``None``: remove it)."""
+
+
+BrokerEvent = Order | Fill
+"""What :meth:`Broker.stream_events` yields: an order's new state, or an execution."""
+
+
+class Broker(abc.ABC):
+    """A connection to one account at one venue.
+
+    Implementations set ``name`` (from the setup), ``capabilities``
+    and ``symbols`` and implement every abstract method. Every value returned
+    uses canonical symbols and ``Decimal`` amounts; every ``Order`` carries the
+    ``client_order_id`` of the request that created it.
+    """
+
+    name: str
+    capabilities: Capabilities
+    symbols: SymbolMap
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection and authenticate; return only once usable.
+
+        Raises :class:`AuthenticationFailed` for bad credentials and
+        :class:`TemporarilyUnavailable` when the venue cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection. Idempotent; never raises for a dead connection."""
+
+    # -- orders --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def place_order(self, request: OrderRequest) -> Order:
+        """Send ``request`` and return the order as the venue acknowledged it.
+
+        Venues that accept a client order id get ``request.client_order_id``,
+        so submitting the same request twice creates one order. Raises
+        :class:`OrderRejected` with the venue's reason, :class:`Unsupported`
+        for an order type or attachment the venue lacks.
+        """
+
+    @abc.abstractmethod
+    async def cancel_order(self, client_order_id: str) -> Order:
+        """Cancel a working order and return its final state.
+
+        Raises :class:`NotFound` for an unknown id; cancelling an order that is
+        already final returns it unchanged.
+        """
+
+    @abc.abstractmethod
+    async def replace_order_protection(
+        self,
+        client_order_id: str,
+        *,
+        stop_loss: Decimal | None | Keep = KEEP,
+        take_profit: Decimal | None | Keep = KEEP,
+    ) -> Order:
+        """Change the stop loss / take profit attached to a working order.
+
+        ``KEEP`` leaves one as it is, ``None`` removes it, a price sets it.
+        """
+
+    @abc.abstractmethod
+    async def replace_position_protection(
+        self,
+        instrument: str,
+        *,
+        stop_loss: Decimal | None | Keep = KEEP,
+        take_profit: Decimal | None | Keep = KEEP,
+    ) -> Position:
+        """Change the stop loss / take profit protecting the open position in ``instrument``.
+
+        ``KEEP`` leaves one as it is, ``None`` removes it (for example, cancel
+        the take profit to let a winner run), a price sets it. Raises
+        :class:`NotFound` when there is no position.
+        """
+
+    @abc.abstractmethod
+    async def open_orders(self, instrument: str | None = None) -> list[Order]:
+        """Working orders, optionally of one instrument."""
+
+    # -- account -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def positions(self) -> list[Position]:
+        """Open (non-zero) positions."""
+
+    @abc.abstractmethod
+    async def account(self) -> Account:
+        """Balance, equity and margin of the account."""
+
+    @abc.abstractmethod
+    async def instruments(self) -> list[Instrument]:
+        """Instruments this account can trade, with their increments."""
+
+    # -- market data and events ----------------------------------------------
+
+    @abc.abstractmethod
+    async def quote(self, instrument: str) -> Quote:
+        """The current top of book of ``instrument``."""
+
+    @abc.abstractmethod
+    def stream_quotes(
+        self, instruments: Sequence[str]
+    ) -> AbstractAsyncContextManager[AsyncIterator[Quote]]:
+        """Subscribe to quotes; the context manager is entered once subscribed.
+
+        Use as ``async with broker.stream_quotes(["EUR_USD"]) as quotes:
+        async for quote in quotes: ...``. Leaving the block unsubscribes.
+        The iterator ends (or raises :class:`Disconnected`) when the feed is
+        lost; the caller decides whether to resubscribe.
+        """
+
+    @abc.abstractmethod
+    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent]]:
+        """Order updates and fills of this account, as they happen, in venue order."""
+
+
+class BrokerFactory(Protocol):
+    """Builds a :class:`Broker` from its setup. Must not do I/O: connect does that."""
+
+    def __call__(self, setup: ComponentSetup) -> Broker: ...

@@ -1,0 +1,1 @@
+"""Core ``rick`` sub-commands, one module each, imported only when used."""

@@ -1,0 +1,51 @@
+"""``rick plugins``: what is installed, what it offers, and what failed."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _current_plugin_set() -> object:
+    ctx = click.get_current_context()
+    group = ctx.parent.command if ctx.parent is not None else None
+    if group is not None and hasattr(group, "plugin_set"):
+        return group.plugin_set()
+    from rick_core.plugins import load_plugins
+
+    return load_plugins()
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@click.option("--all", "show_all", is_flag=True, help="Include built-in plugins.")
+def plugins(as_json: bool, show_all: bool) -> None:
+    """List installed plugins: distribution, version, hooks and status.
+
+    A plugin that failed to load is listed with its error; rick still runs,
+    and refuses to start only if the configuration needs that plugin.
+    """
+    from rick_core.plugins import PluginSet
+
+    plugin_set = _current_plugin_set()
+    assert isinstance(plugin_set, PluginSet)
+    shown = [p for p in plugin_set.plugins if show_all or not p.builtin]
+    if as_json:
+        click.echo(json.dumps([p.as_json() for p in shown], indent=2))
+        return
+    if not shown:
+        click.echo("No plugins installed. (rick plugins --all shows the built-in ones.)")
+        return
+    for info in shown:
+        version = f" {info.version}" if info.version else ""
+        dist = f" ({info.distribution}{version})" if info.distribution else ""
+        status = {"ok": "", "failed": "  FAILED", "disabled": "  disabled"}[info.status]
+        click.echo(f"{info.name}{dist}{status}")
+        if info.error:
+            color = "red" if info.status == "failed" else None
+            click.secho(f"    {info.error}", fg=color, err=False)
+        if info.hooks:
+            click.echo(f"    hooks: {', '.join(info.hooks)}")
+        for kind, names in sorted(info.registered.items()):
+            click.echo(f"    {kind.replace('_', ' ')}s: {', '.join(sorted(names))}")

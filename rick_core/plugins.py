@@ -1,0 +1,354 @@
+"""Finding, loading and checking plugins.
+
+:func:`load_plugins` builds a fresh plugin manager (nothing happens on import),
+registers the built-in plugins, then every entry point of the ``rick`` group in
+sorted order, and finally runs the registration hooks of each plugin to
+collect what it offers.
+
+A plugin that fails (raises on import, implements a hook that does not exist,
+registers a name twice or one already taken) does not take rick down: it is
+unregistered, none of its registrations are kept, and it is listed with its
+error. Whoever needs one of the things it would have provided gets that error
+from :meth:`PluginSet.require`.
+
+Environment variables (as in llm and tox):
+
+``RICK_LOAD_PLUGINS``
+    Comma-separated allowlist of plugins (entry point or distribution names) to
+    load; set but empty means load none. Built-in plugins always load.
+``RICK_DISABLE_PLUGINS``
+    Comma-separated blocklist, applied after the allowlist.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Final, Literal
+
+import pluggy
+from attrs import define, field, frozen
+
+from rick_core import __version__, hookspecs
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "Component",
+    "ComponentMissing",
+    "PluginInfo",
+    "PluginSet",
+    "load_plugins",
+]
+
+ENTRY_POINT_GROUP: Final = "rick"
+
+BUILTIN_PLUGINS: Final[tuple[str, ...]] = ("rick_core.builtins.log_notifier",)
+"""Modules registered as plugins before any entry point, in this order."""
+
+Kind = Literal["broker", "strategy", "notifier", "audit_sink", "command"]
+
+KINDS: Final[Mapping[str, Kind]] = {
+    "register_brokers": "broker",
+    "register_strategies": "strategy",
+    "register_notifiers": "notifier",
+    "register_audit_sinks": "audit_sink",
+    "register_commands": "command",
+}
+"""Registration hook name -> the kind of thing it registers."""
+
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+
+
+class ComponentMissing(LookupError):
+    """A configured component is not provided by any loaded plugin."""
+
+
+@frozen
+class Component:
+    """One registered thing: a broker, strategy, notifier, audit sink or command."""
+
+    kind: Kind
+    name: str
+    factory: Any
+    plugin: str
+    description: str = ""
+
+
+@define
+class PluginInfo:
+    """What ``rick plugins`` shows about one plugin."""
+
+    name: str
+    module: str
+    builtin: bool
+    distribution: str | None = None
+    version: str | None = None
+    status: Literal["ok", "failed", "disabled"] = "ok"
+    error: str | None = None
+    hooks: list[str] = field(factory=list)
+    registered: dict[str, list[str]] = field(factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "status": self.status,
+            "error": self.error,
+            "hooks": self.hooks,
+            "registered": self.registered,
+        }
+
+
+class _PluginFailed(Exception):
+    """Internal: a plugin broke a rule while loading or registering."""
+
+
+@define
+class PluginSet:
+    """The outcome of :func:`load_plugins`: the manager, every plugin found and
+    every component the healthy ones registered."""
+
+    manager: pluggy.PluginManager
+    plugins: list[PluginInfo]
+    components: dict[tuple[Kind, str], Component] = field(factory=dict)
+
+    def of_kind(self, kind: Kind) -> dict[str, Component]:
+        return {name: c for (k, name), c in sorted(self.components.items()) if k == kind}
+
+    @property
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.status == "failed"]
+
+    def require(self, kind: Kind, name: str) -> Component:
+        """The component registered as ``name``, or :class:`ComponentMissing`
+        explaining why it is not there and what to do."""
+        found = self.components.get((kind, name))
+        if found is not None:
+            return found
+        label = kind.replace("_", " ")
+        lines = [f"no installed plugin provides the {label} {name!r}."]
+        suspects = [p for p in self.plugins if _names_match(name, p)]
+        for plugin in suspects:
+            if plugin.status == "failed":
+                lines.append(f"plugin {plugin.name!r} failed to load: {plugin.error}")
+            elif plugin.status == "disabled":
+                lines.append(f"plugin {plugin.name!r} is disabled: {plugin.error}")
+        if not suspects:
+            for plugin in self.failed:
+                lines.append(f"plugin {plugin.name!r} failed to load: {plugin.error}")
+        available = sorted(self.of_kind(kind))
+        lines.append(
+            f"available {label}s: {', '.join(available) if available else '(none)'}"
+        )
+        close = difflib.get_close_matches(name, available, n=1)
+        if close:
+            lines.append(f"did you mean {close[0]!r}?")
+        elif not suspects:
+            lines.append(f"if a plugin provides it, install it (e.g. pip install rick-{name})")
+        raise ComponentMissing("\n".join(lines))
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _names_match(component: str, plugin: PluginInfo) -> bool:
+    wanted = _normalise(component)
+    names = {_normalise(plugin.name)}
+    if plugin.distribution:
+        dist = _normalise(plugin.distribution)
+        names |= {dist, dist.removeprefix("rick-")}
+    return wanted in names
+
+
+def _parse_list(value: str) -> set[str]:
+    return {_normalise(item) for item in value.split(",") if item.strip()}
+
+
+def _skip_reason(ep: EntryPoint, dist: str | None, environ: Mapping[str, str]) -> str | None:
+    names = {_normalise(ep.name)} | ({_normalise(dist)} if dist else set())
+    allow = environ.get("RICK_LOAD_PLUGINS")
+    if allow is not None and not names & _parse_list(allow):
+        return "not in RICK_LOAD_PLUGINS"
+    block = environ.get("RICK_DISABLE_PLUGINS")
+    if block is not None and names & _parse_list(block):
+        return "listed in RICK_DISABLE_PLUGINS"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager that knows rick's hookspecs and has no plugin yet."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_plugins(
+    environ: Mapping[str, str] | None = None,
+    *,
+    builtins: Iterable[str] = BUILTIN_PLUGINS,
+    extra: Iterable[tuple[str, object]] = (),
+    reserved_commands: Iterable[str] = (),
+) -> PluginSet:
+    """Build the plugin manager and collect every component.
+
+    ``extra`` adds ``(name, plugin object)`` pairs after the entry points (used
+    by tests and by embedding applications). ``reserved_commands`` are CLI
+    names plugins may not take (the core's own commands).
+    """
+    env = os.environ if environ is None else environ
+    pm = new_plugin_manager()
+    plugins: list[PluginInfo] = []
+
+    for module_name in builtins:
+        info = PluginInfo(name=module_name, module=module_name, builtin=True,
+                          distribution="rick-core", version=__version__)
+        _register(pm, info, lambda m=module_name: importlib.import_module(m))
+        plugins.append(info)
+
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
+        dist = ep.dist.name if ep.dist is not None else None
+        info = PluginInfo(name=ep.name, module=ep.value, builtin=False, distribution=dist,
+                          version=ep.dist.version if ep.dist is not None else None)
+        plugins.append(info)
+        reason = _skip_reason(ep, dist, env)
+        if reason is not None:
+            info.status, info.error = "disabled", reason
+            continue
+        _register(pm, info, ep.load)
+
+    for name, obj in extra:
+        info = PluginInfo(name=name, module=getattr(obj, "__name__", type(obj).__name__),
+                          builtin=False)
+        _register(pm, info, lambda obj=obj: obj)
+        plugins.append(info)
+
+    # Every hook implementation left must now match a spec; anything else is a bug in
+    # this module, so it fails loudly rather than being listed.
+    pm.check_pending()
+
+    result = PluginSet(manager=pm, plugins=plugins)
+    reserved = frozenset(reserved_commands)
+    for info in plugins:
+        if info.status == "ok":
+            _collect(pm, info, result, reserved)
+    return result
+
+
+def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], object]) -> None:
+    try:
+        plugin = load()
+    except BaseException as exc:  # a plugin's import may raise anything, even SystemExit
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        info.status, info.error = "failed", f"import failed: {_describe(exc)}"
+        return
+    try:
+        pm.register(plugin, name=info.name)
+    except Exception as exc:  # pluggy.PluginValidationError, or a name registered twice
+        info.status, info.error = "failed", _describe(exc)
+        return
+    try:
+        _check_hookimpls(pm, plugin)
+    except _PluginFailed as exc:
+        pm.unregister(plugin)
+        info.status, info.error = "failed", str(exc)
+        return
+    info.hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or ())
+
+
+def _check_hookimpls(pm: pluggy.PluginManager, plugin: object) -> None:
+    known = sorted(KINDS)
+    for caller in pm.get_hookcallers(plugin) or ():
+        if caller.spec is None:
+            close = difflib.get_close_matches(caller.name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known hooks: {', '.join(known)}"
+            raise _PluginFailed(f"implements unknown hook {caller.name!r}{hint}")
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and inspect.iscoroutinefunction(impl.function):
+                raise _PluginFailed(
+                    f"hook {caller.name!r} is async; registration hooks are synchronous "
+                    "(put the async work in the objects you register)"
+                )
+
+
+def _collect(pm: pluggy.PluginManager, info: PluginInfo, result: PluginSet,
+             reserved: frozenset[str]) -> None:
+    """Run every registration hook of one plugin; keep all of it or none of it."""
+    staged: dict[tuple[Kind, str], Component] = {}
+    plugin = pm.get_plugin(info.name)
+
+    def make_register(kind: Kind) -> Callable[..., None]:
+        def register(name: str, factory: object, *, description: str = "") -> None:
+            if kind == "command":
+                raise _PluginFailed("internal: commands use their own register")
+            _stage(kind, name, factory, description)
+
+        return register
+
+    def register_command(command: Any) -> None:
+        import click
+
+        if not isinstance(command, click.Command) or not command.name:
+            raise _PluginFailed(
+                f"register_commands: expected a named click.Command, got {command!r}"
+            )
+        if command.name in reserved:
+            raise _PluginFailed(f"command {command.name!r} is a core rick command")
+        _stage("command", command.name, command, (command.short_help or "").strip())
+
+    def _stage(kind: Kind, name: object, factory: object, description: str) -> None:
+        label = kind.replace("_", " ")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise _PluginFailed(
+                f"{label} name {name!r} is invalid: use lower case letters, digits, - and _"
+            )
+        if not callable(factory):
+            raise _PluginFailed(f"{label} {name!r}: factory {factory!r} is not callable")
+        key = (kind, name)
+        if key in staged:
+            raise _PluginFailed(f"registers the {label} {name!r} twice")
+        if key in result.components:
+            owner = result.components[key].plugin
+            raise _PluginFailed(f"{label} {name!r} is already registered by plugin {owner!r}")
+        staged[key] = Component(kind=kind, name=name, factory=factory, plugin=info.name,
+                                description=description)
+
+    try:
+        for hook_name, kind in KINDS.items():
+            caller = getattr(pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                callback = register_command if kind == "command" else make_register(kind)
+                impl.function(**{arg: callback for arg in impl.argnames})
+    except _PluginFailed as exc:
+        _fail(pm, info, str(exc))
+        return
+    except Exception as exc:
+        _fail(pm, info, f"registration failed: {_describe(exc)}")
+        return
+    result.components.update(staged)
+    for kind, name in staged:
+        info.registered.setdefault(kind, []).append(name)
+
+
+def _fail(pm: pluggy.PluginManager, info: PluginInfo, error: str) -> None:
+    pm.unregister(name=info.name)
+    info.status, info.error = "failed", error
+

@@ -1,0 +1,1 @@
+"""Security: audit records and sinks (the vault and the hash-chained log build on these)."""
