@@ -172,7 +172,7 @@ def _names_match(component: str, plugin: PluginInfo) -> bool:
 
 
 def _parse_list(value: str) -> set[str]:
-    return {_normalise(item) for item in value.split(",") if item.strip()}
+    return {_normalise(item.strip()) for item in value.split(",") if item.strip()}
 
 
 def _skip_reason(ep: EntryPoint, dist: str | None, environ: Mapping[str, str]) -> str | None:

@@ -1,0 +1,152 @@
+"""End to end: real plugin distributions, built into wheels and installed into
+a private site directory, found through the ``rick`` entry-point group by a
+``rick`` process of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+HELLO = '''
+"""A throwaway rick plugin: a notifier and a command."""
+from rick_core.hookspecs import hookimpl
+
+
+class HelloNotifier:
+    def __init__(self, setup):
+        self.name = setup.name
+
+
+@hookimpl
+def register_notifiers(register):
+    register("hello", HelloNotifier, description="says hello")
+
+
+@hookimpl
+def register_commands(register):
+    import click
+
+    @click.command()
+    @click.option("--name", default="world")
+    def hello(name):
+        """Greet someone (from the rick-hello plugin)."""
+        click.echo(f"hello, {name}")
+
+    register(hello)
+'''
+
+BROKEN = '''
+raise RuntimeError("rick-broken cannot import: missing native library")
+'''
+
+
+def _write_distribution(root: Path, dist: str, module: str, entry: str, source: str) -> Path:
+    folder = root / dist
+    (folder / module).mkdir(parents=True)
+    (folder / module / "__init__.py").write_text(textwrap.dedent(source))
+    (folder / "pyproject.toml").write_text(textwrap.dedent(f'''
+        [build-system]
+        requires = ["hatchling"]
+        build-backend = "hatchling.build"
+
+        [project]
+        name = "{dist}"
+        version = "1.2.3"
+        dependencies = ["rick-core"]
+
+        [project.entry-points.rick]
+        {entry} = "{module}"
+        '''))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site directory holding two installed plugin distributions."""
+    root = tmp_path_factory.mktemp("dists")
+    sources = [
+        _write_distribution(root, "rick-hello", "rick_hello", "hello", HELLO),
+        _write_distribution(root, "rick-broken", "rick_broken", "broken", BROKEN),
+    ]
+    wheels = root / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    *map(str, sources)], check=True)
+    site = root / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site),
+                    *map(str, sorted(wheels.glob("*.whl")))], check=True)
+    return site
+
+
+def rick(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RICK_")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), environ.get("PYTHONPATH")]))
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "rick_core", *args], env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+def listed(site: Path, **env: str) -> dict[str, dict[str, object]]:
+    result = rick(site, "plugins", "--json", **env)
+    assert result.returncode == 0, result.stderr
+    return {p["name"]: p for p in json.loads(result.stdout)}
+
+
+def test_installed_plugins_are_listed_with_version_hooks_and_failures(plugin_site: Path) -> None:
+    plugins = listed(plugin_site)
+    assert set(plugins) == {"broken", "hello"}
+    hello = plugins["hello"]
+    assert (hello["distribution"], hello["version"], hello["status"]) == ("rick-hello", "1.2.3", "ok")
+    assert hello["hooks"] == ["register_commands", "register_notifiers"]
+    assert hello["registered"] == {"notifier": ["hello"], "command": ["hello"]}
+    broken = plugins["broken"]
+    assert broken["status"] == "failed"
+    assert broken["error"] == (
+        "import failed: RuntimeError: rick-broken cannot import: missing native library"
+    )
+
+
+def test_human_listing_shows_the_failure_and_exits_zero(plugin_site: Path) -> None:
+    result = rick(plugin_site, "plugins")
+    assert result.returncode == 0
+    assert "broken (rick-broken 1.2.3)  FAILED" in result.stdout
+    assert "missing native library" in result.stdout
+    assert "hello (rick-hello 1.2.3)" in result.stdout
+
+
+def test_a_plugin_command_runs_and_is_in_help(plugin_site: Path) -> None:
+    result = rick(plugin_site, "hello", "--name", "trader")
+    assert (result.returncode, result.stdout) == (0, "hello, trader\n")
+    assert "Greet someone (from the rick-hello plugin)." in rick(plugin_site, "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"RICK_LOAD_PLUGINS": ""}, {"hello": "disabled", "broken": "disabled"}),
+        ({"RICK_LOAD_PLUGINS": "hello"}, {"hello": "ok", "broken": "disabled"}),
+        ({"RICK_LOAD_PLUGINS": "rick-hello, rick_broken"}, {"hello": "ok", "broken": "failed"}),
+        ({"RICK_DISABLE_PLUGINS": "broken"}, {"hello": "ok", "broken": "disabled"}),
+        ({"RICK_LOAD_PLUGINS": "hello,broken", "RICK_DISABLE_PLUGINS": "rick-hello"},
+         {"hello": "disabled", "broken": "failed"}),
+    ],
+)
+def test_allow_and_block_lists(plugin_site: Path, env: dict[str, str], expected: dict[str, str]) -> None:
+    plugins = listed(plugin_site, **env)
+    assert {name: p["status"] for name, p in plugins.items()} == expected
+
+
+def test_a_disabled_plugin_is_not_even_imported(plugin_site: Path) -> None:
+    result = rick(plugin_site, "plugins", "--json", RICK_DISABLE_PLUGINS="broken",
+                  PYTHONVERBOSE="0")
+    assert "missing native library" not in result.stdout + result.stderr
+    (broken,) = [p for p in json.loads(result.stdout) if p["name"] == "broken"]
+    assert broken["error"] == "listed in RICK_DISABLE_PLUGINS"

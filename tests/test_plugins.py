@@ -1,0 +1,115 @@
+"""Plugin loading rules, in process: failure isolation, name clashes, hook checks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import click
+import pytest
+
+from rick_core.hookspecs import hookimpl
+from rick_core.plugins import ComponentMissing, load_plugins
+
+
+def _factory(setup: object) -> object:
+    return setup
+
+
+def plugin_registering(*names: str) -> SimpleNamespace:
+    def register_brokers(register):  # type: ignore[no-untyped-def]
+        for name in names:
+            register(name, _factory)
+
+    return SimpleNamespace(register_brokers=hookimpl(register_brokers))
+
+
+def test_builtins_load_first_and_are_listed_as_builtin() -> None:
+    plugin_set = load_plugins({})
+    assert [p.name for p in plugin_set.plugins if p.builtin] == ["rick_core.builtins.log_notifier"]
+    assert plugin_set.require("notifier", "log").plugin == "rick_core.builtins.log_notifier"
+
+
+def test_a_plugin_cannot_take_a_builtin_name() -> None:
+    hijack = SimpleNamespace(register_notifiers=hookimpl(lambda register: register("log", _factory)))
+    plugin_set = load_plugins({}, extra=[("hijack", hijack)])
+    failed = {p.name: p.error for p in plugin_set.failed}
+    assert failed == {
+        "hijack": "notifier 'log' is already registered by plugin 'rick_core.builtins.log_notifier'"
+    }
+    assert plugin_set.require("notifier", "log").plugin == "rick_core.builtins.log_notifier"
+
+
+def test_registering_a_name_twice_fails_the_plugin_and_keeps_none_of_it() -> None:
+    plugin_set = load_plugins({}, extra=[("twice", plugin_registering("alpha", "beta", "alpha"))])
+    (failed,) = plugin_set.failed
+    assert (failed.name, failed.error) == ("twice", "registers the broker 'alpha' twice")
+    assert plugin_set.of_kind("broker") == {}  # beta was staged, then dropped with the rest
+
+
+def test_second_plugin_claiming_a_name_fails_first_keeps_it() -> None:
+    plugin_set = load_plugins(
+        {}, extra=[("first", plugin_registering("fx")), ("second", plugin_registering("fx", "other"))]
+    )
+    assert plugin_set.require("broker", "fx").plugin == "first"
+    assert [(p.name, p.error) for p in plugin_set.failed] == [
+        ("second", "broker 'fx' is already registered by plugin 'first'")
+    ]
+    with pytest.raises(ComponentMissing, match="plugin 'second' failed to load"):
+        plugin_set.require("broker", "other")
+
+
+def test_a_misspelled_hook_fails_loudly_with_a_suggestion() -> None:
+    typo = SimpleNamespace(register_broker=hookimpl(lambda register: None))
+    plugin_set = load_plugins({}, extra=[("typo", typo)])
+    (failed,) = plugin_set.failed
+    assert failed.error == "implements unknown hook 'register_broker'; did you mean 'register_brokers'?"
+    assert plugin_set.manager.get_plugin("typo") is None  # unregistered, so check_pending passed
+
+
+def test_an_async_registration_hook_is_refused() -> None:
+    async def register_brokers(register):  # type: ignore[no-untyped-def]
+        register("x", _factory)
+
+    plugin_set = load_plugins({}, extra=[("async", SimpleNamespace(register_brokers=hookimpl(register_brokers)))])
+    assert "registration hooks are synchronous" in (plugin_set.failed[0].error or "")
+
+
+def test_a_hook_with_an_unknown_argument_is_refused() -> None:
+    bad = SimpleNamespace(register_brokers=hookimpl(lambda register, extra: None))
+    plugin_set = load_plugins({}, extra=[("bad-args", bad)])
+    assert "extra" in (plugin_set.failed[0].error or "")
+
+
+@pytest.mark.parametrize(
+    ("registration", "error"),
+    [
+        (lambda register: register("Bad Name", _factory), "broker name 'Bad Name' is invalid"),
+        (lambda register: register("fine", "not callable"), "broker 'fine': factory 'not callable' is not callable"),
+        (lambda register: 1 / 0, "registration failed: ZeroDivisionError: division by zero"),
+    ],
+)
+def test_registration_errors_name_the_problem(registration: object, error: str) -> None:
+    plugin = SimpleNamespace(register_brokers=hookimpl(registration))
+    plugin_set = load_plugins({}, extra=[("p", plugin)])
+    assert (plugin_set.failed[0].error or "").startswith(error)
+
+
+def test_a_plugin_may_not_replace_a_core_command() -> None:
+    shadow = click.Command("plugins", callback=lambda: None)
+    plugin = SimpleNamespace(register_commands=hookimpl(lambda register: register(shadow)))
+    plugin_set = load_plugins({}, extra=[("shadow", plugin)], reserved_commands={"plugins"})
+    assert plugin_set.failed[0].error == "command 'plugins' is a core rick command"
+
+
+def test_require_names_what_is_available_and_suggests() -> None:
+    plugin_set = load_plugins({}, extra=[("fx", plugin_registering("oanda"))])
+    with pytest.raises(ComponentMissing) as excinfo:
+        plugin_set.require("broker", "onada")
+    message = str(excinfo.value)
+    assert "no installed plugin provides the broker 'onada'" in message
+    assert "available brokers: oanda" in message and "did you mean 'oanda'?" in message
+
+
+def test_require_for_something_nobody_offers_says_how_to_install() -> None:
+    with pytest.raises(ComponentMissing, match=r"pip install rick-coinbase"):
+        load_plugins({}).require("broker", "coinbase")
