@@ -1,0 +1,62 @@
+"""CLI start-up: median wall time of `rick --version` and `rick plugins`, each
+against a bare `python -c pass` measured in the same run.
+
+Goal (issue #2): under 0.25 s and under 5x bare Python. Runs interleave the
+three commands so that machine noise hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+
+def wall(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+
+    rick = shutil.which("rick", path=os.path.dirname(sys.executable)) or shutil.which("rick")
+    if rick is None:
+        sys.exit("the rick console script is not installed in this environment")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RICK_")}
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "rick --version": [rick, "--version"],
+        "rick plugins": [rick, "plugins"],
+        "rick --help": [rick, "--help"],
+    }
+    for command in commands.values():  # warm the file cache and .pyc files
+        wall(command, env)
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.runs):
+        for name, command in commands.items():
+            samples[name].append(wall(command, env))
+
+    bare = statistics.median(samples["python -c pass"])
+    listing = subprocess.run([rick, "plugins", "--json", "--all"], env=env, capture_output=True,
+                             text=True, check=True).stdout
+    count = len(json.loads(listing))
+    print(f"CLI start-up, median of {args.runs} runs ({count} plugins incl. built-in)")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        goal = "" if name.startswith("python") else (
+            "  ok" if median < 0.25 and median / bare < 5 else "  MISSES GOAL (<0.25 s, <5x)")
+        print(f"  {name:16} {median * 1000:7.1f} ms   {median / bare:5.2f}x bare python{goal}")
+
+
+if __name__ == "__main__":
+    main()
