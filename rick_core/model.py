@@ -436,20 +436,26 @@ class OrderRequest:
             raise ModelError(f"{where}: expire_time is required with GTD and only with GTD")
         if len(self.client_order_id) > 64:
             raise ModelError(f"{where}: client_order_id is longer than 64 characters")
+        # Plain comparisons, no arithmetic: nothing here depends on the caller's
+        # decimal context (precision, traps).
+        buy = self.side is Side.BUY
+
+        def below(low: Decimal, high: Decimal) -> bool:  # "low is on the loss side of high"
+            return low < high if buy else low > high
+
         entry = self.entry_price
-        sign = self.side.sign
-        if self.stop_loss is not None and entry is not None and (entry - self.stop_loss) * sign <= 0:
+        if self.stop_loss is not None and entry is not None and not below(self.stop_loss, entry):
             raise ModelError(
                 f"{where}: stop_loss {self.stop_loss} is on the wrong side of the entry {entry}"
             )
-        if self.take_profit is not None and entry is not None and (self.take_profit - entry) * sign <= 0:
+        if self.take_profit is not None and entry is not None and not below(entry, self.take_profit):
             raise ModelError(
                 f"{where}: take_profit {self.take_profit} is on the wrong side of the entry {entry}"
             )
         if (
             self.stop_loss is not None
             and self.take_profit is not None
-            and (self.take_profit - self.stop_loss) * sign <= 0
+            and not below(self.stop_loss, self.take_profit)
         ):
             raise ModelError(
                 f"{where}: take_profit {self.take_profit} and stop_loss {self.stop_loss} "

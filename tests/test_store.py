@@ -1,0 +1,462 @@
+"""Tests of rick_core.store: schema and migrations, exact round trips, the writer API."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlite_utils import Database
+
+import rick_core.store as store_module
+from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Side, to_json
+from rick_core.store import MIGRATIONS, Migration, SchemaTooNewError, Store, StoreError
+
+LATEST = MIGRATIONS[-1].version
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def make_order(
+    client_order_id: str = "rk-1",
+    *,
+    broker: str = "paper",
+    created_at: datetime = T0,
+    status: OrderStatus = OrderStatus.PENDING,
+) -> Order:
+    request = OrderRequest(
+        instrument="EUR_USD",
+        side=Side.BUY,
+        quantity=Decimal("1000.10"),
+        type="limit",
+        limit_price=Decimal("1.0850"),
+        client_order_id=client_order_id,
+    )
+    filled = request.quantity if status is OrderStatus.FILLED else Decimal(0)
+    return Order(
+        request=request,
+        broker=broker,
+        status=status,
+        filled_quantity=filled,
+        average_fill_price=Decimal("1.08") if filled else None,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def make_fill(
+    fill_id: str = "f-1", *, client_order_id: str = "rk-1", broker: str = "paper"
+) -> Fill:
+    return Fill(
+        fill_id=fill_id,
+        client_order_id=client_order_id,
+        instrument="EUR_USD",
+        side="buy",
+        quantity=Decimal("500.00"),
+        price=Decimal("1.08500"),
+        time=T0 + timedelta(seconds=1),
+        broker=broker,
+        fee=Decimal("-0.010"),
+        fee_currency="USD",
+        venue_order_id="v-9",
+    )
+
+
+def assert_exactly_equal(got: object, expected: object) -> None:
+    """Equal, and equal in serialized form: ``==`` alone says Decimal("1.1") == Decimal("1.10")."""
+    assert got == expected
+    assert to_json(got) == to_json(expected)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "rick.db") as s:
+        yield s
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path)
+
+
+# ---------------------------------------------------------------------------
+# opening, pragmas, schema
+
+
+def test_open_creates_parent_folders_and_latest_schema(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "rick.db"
+    with Store.open(path) as s:
+        assert s.schema_version == LATEST
+        assert s.path == path
+    assert path.exists()
+
+
+def test_wal_mode_synchronous_normal_foreign_keys(store: Store) -> None:
+    conn = store._db.conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_every_column_is_declared_text(store: Store) -> None:
+    for table in ("orders", "fills"):
+        types = {r[1]: r[2] for r in store._db.execute(f"PRAGMA table_info({table})")}
+        assert types, table
+        assert set(types.values()) == {"TEXT"}, (table, types)
+    indexed = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"idx_orders_status", "idx_orders_broker", "idx_fills_client_order_id"} <= indexed
+
+
+def test_decimals_are_stored_as_text_with_their_exponent(tmp_path: Path) -> None:
+    path = tmp_path / "rick.db"
+    with Store.open(path) as s:
+        s.insert_order(make_order())
+    row = raw(path).execute(
+        "SELECT typeof(quantity), quantity, limit_price, created_at FROM orders"
+    )
+    assert row.fetchone() == ("text", "1000.10", "1.0850", "2024-03-01T12:00:00.000000+00:00")
+
+
+def test_migration_versions_are_consecutive_from_one() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    assert all(isinstance(m, tuple) and len(m) == 3 for m in MIGRATIONS)
+
+
+def test_migrates_a_version_0_database(tmp_path: Path) -> None:
+    path = tmp_path / "rick.db"
+    conn = raw(path)
+    conn.execute("CREATE TABLE unrelated (x TEXT)")
+    conn.commit()
+    conn.close()
+    with Store.open(path) as s:
+        assert s.schema_version == LATEST
+        s.insert_order(make_order())
+        assert s.get_order("rk-1") is not None
+
+
+def test_reopening_an_up_to_date_store_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "rick.db"
+    with Store.open(path) as s:
+        s.insert_order(make_order())
+        s.insert_fill(make_fill())
+    with Store.open(path) as s:
+        assert s.schema_version == LATEST
+        assert_exactly_equal(s.get_order("rk-1"), make_order())
+        assert s.fills() == [make_fill()]
+
+
+def test_a_later_migration_is_applied_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rick.db"
+    Store.open(path).close()
+
+    def add_notes(db: Database) -> None:
+        db.create_table("notes", {"text": "TEXT"})
+
+    monkeypatch.setattr(
+        store_module, "MIGRATIONS", (*MIGRATIONS, Migration(LATEST + 1, "notes", add_notes))
+    )
+    with Store.open(path) as s:
+        assert s.schema_version == LATEST + 1
+        assert s._db.table("notes").exists()
+
+
+def test_a_failing_migration_leaves_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rick.db"
+    Store.open(path).close()
+
+    def half_done(db: Database) -> None:
+        db.create_table("notes", {"text": "TEXT"})
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(
+        store_module, "MIGRATIONS", (*MIGRATIONS, Migration(LATEST + 1, "notes", half_done))
+    )
+    with pytest.raises(StoreError, match=f"migration {LATEST + 1} \\(notes\\) failed: power cut"):
+        Store.open(path)
+    conn = raw(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'notes'").fetchone() is None
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_a_newer_schema_is_refused_and_the_file_left_unchanged(
+    tmp_path: Path, journal_mode: str
+) -> None:
+    path = tmp_path / "rick.db"
+    conn = raw(path)
+    conn.execute(f"PRAGMA journal_mode={journal_mode}")
+    conn.execute("CREATE TABLE future (x TEXT)")
+    conn.execute("INSERT INTO future VALUES ('from a newer rick')")
+    conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+
+    with pytest.raises(SchemaTooNewError) as excinfo:
+        Store.open(path)
+
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert f"schema version {LATEST + 1}" in message
+    assert f"up to {LATEST}" in message
+    assert "Upgrade rick-core" in message
+    assert "RICK_HOME" in message
+    assert (excinfo.value.found, excinfo.value.latest) == (LATEST + 1, LATEST)
+    assert isinstance(excinfo.value, StoreError)
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_database_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "rick.db"
+    path.write_bytes(b"these are not the bytes of an SQLite database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a rick store"):
+        Store.open(path)
+    assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------
+# orders
+
+
+def test_order_round_trip_with_every_field(store: Store) -> None:
+    request = OrderRequest(
+        instrument="USD_JPY",
+        side="sell",
+        quantity=Decimal("2.50"),
+        type="stop",
+        stop_price=Decimal("150.100"),
+        time_in_force="gtd",
+        expire_time=datetime(2024, 3, 2, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=9))),
+        stop_loss=Decimal("151.0"),
+        take_profit=Decimal("1.4E+2"),
+        client_order_id="rk-all",
+        tag="breakout",
+    )
+    order = Order(
+        request=request,
+        broker="oanda",
+        status="partially_filled",
+        venue_order_id="12345",
+        filled_quantity=Decimal("1.00"),
+        average_fill_price=Decimal("150.0990"),
+        created_at=T0,
+        updated_at=T0 + timedelta(microseconds=1),
+        reject_reason="none really",
+    )
+    store.insert_order(order)
+    got = store.get_order("rk-all")
+    assert got is not None
+    assert_exactly_equal(got, order)
+    assert got.request.expire_time is not None
+    assert got.request.expire_time.tzinfo is UTC
+    assert str(got.request.take_profit) == "1.4E+2"
+
+
+def test_market_order_with_defaults_round_trips(store: Store) -> None:
+    order = Order(request=OrderRequest("BTC_USD", "buy", "0.00100000"), broker="coinbase")
+    store.insert_order(order)
+    assert_exactly_equal(store.get_order(order.client_order_id), order)
+
+
+def test_unknown_order_is_none(store: Store) -> None:
+    assert store.get_order("rk-missing") is None
+
+
+def test_inserting_an_order_twice_is_refused(store: Store) -> None:
+    store.insert_order(make_order())
+    with pytest.raises(StoreError, match="rk-1 is already stored; use update_order"):
+        store.insert_order(make_order())
+
+
+def test_update_order(store: Store) -> None:
+    order = make_order()
+    store.insert_order(order)
+    updated = attrs.evolve(
+        order,
+        status=OrderStatus.PARTIALLY_FILLED,
+        venue_order_id="v-9",
+        filled_quantity=Decimal("500.00"),
+        average_fill_price=Decimal("1.08500"),
+        updated_at=T0 + timedelta(seconds=2),
+    )
+    store.update_order(updated)
+    assert_exactly_equal(store.get_order("rk-1"), updated)
+    assert len(store.orders()) == 1
+
+
+def test_updating_an_unknown_order_raises(store: Store) -> None:
+    with pytest.raises(StoreError, match="rk-1: it is not stored; use insert_order first"):
+        store.update_order(make_order())
+    assert store.orders() == []
+
+
+def test_orders_are_listed_oldest_first_then_by_id(store: Store) -> None:
+    store.insert_order(make_order("rk-c", created_at=T0 + timedelta(seconds=1)))
+    store.insert_order(make_order("rk-b", created_at=T0))
+    store.insert_order(make_order("rk-a", created_at=T0 + timedelta(seconds=1)))
+    # a whole second and a fraction of one: text order must still be time order
+    store.insert_order(make_order("rk-d", created_at=T0 + timedelta(microseconds=500_000)))
+    ids = [o.client_order_id for o in store.orders()]
+    assert ids == ["rk-b", "rk-d", "rk-a", "rk-c"]
+
+
+def test_orders_filtered_by_broker_and_open_only(store: Store) -> None:
+    statuses = list(OrderStatus)
+    for i, status in enumerate(statuses):
+        broker = "paper" if i % 2 else "oanda"
+        created_at = T0 + timedelta(seconds=i)
+        store.insert_order(
+            make_order(f"rk-{i}", broker=broker, created_at=created_at, status=status)
+        )
+
+    working = [o.status for o in store.orders(open_only=True)]
+    assert working == [s for s in statuses if not s.is_final]
+    assert {o.broker for o in store.orders(broker="paper")} == {"paper"}
+    assert len(store.orders(broker="paper")) == len(statuses) // 2
+    both = store.orders(broker="oanda", open_only=True)
+    assert [o.status for o in both] == [
+        s for i, s in enumerate(statuses) if i % 2 == 0 and not s.is_final
+    ]
+    assert store.orders(broker="nobody") == []
+
+
+# ---------------------------------------------------------------------------
+# fills
+
+
+def test_fill_round_trip(store: Store) -> None:
+    fill = make_fill()
+    assert store.insert_fill(fill) is True
+    [got] = store.fills()
+    assert_exactly_equal(got, fill)
+    assert got.time.tzinfo is UTC
+
+
+def test_inserting_a_fill_twice_is_a_no_op(store: Store) -> None:
+    assert store.insert_fill(make_fill()) is True
+    assert store.insert_fill(make_fill()) is False
+    assert store.fills() == [make_fill()]
+
+
+def test_fill_ids_are_unique_per_broker_only(store: Store) -> None:
+    assert store.insert_fill(make_fill(broker="paper")) is True
+    assert store.insert_fill(make_fill(broker="oanda")) is True
+    assert {f.broker for f in store.fills()} == {"paper", "oanda"}
+
+
+def test_fills_of_one_order(store: Store) -> None:
+    store.insert_fill(make_fill("f-1", client_order_id="rk-1"))
+    store.insert_fill(make_fill("f-2", client_order_id="rk-2"))
+    store.insert_fill(make_fill("f-3", client_order_id="rk-1"))
+    assert [f.fill_id for f in store.fills(client_order_id="rk-1")] == ["f-1", "f-3"]
+    assert store.fills(client_order_id="rk-none") == []
+
+
+# ---------------------------------------------------------------------------
+# property: any finite Decimal comes back exactly, exponent and all
+
+
+def finite_decimals() -> st.SearchStrategy[Decimal]:
+    """Finite decimals, including ones with trailing zeros and positive exponents."""
+    return st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.integers(0, 12).flatmap(
+            lambda places: st.decimals(allow_nan=False, allow_infinity=False, places=places)
+        ),
+        st.builds(
+            lambda sign, digits, exponent: Decimal((sign, tuple(digits), exponent)),
+            st.integers(0, 1),
+            st.lists(st.integers(0, 9), min_size=1, max_size=40),
+            st.integers(-40, 40),
+        ),
+    )
+
+
+positive = finite_decimals().map(Decimal.copy_abs).filter(lambda d: d > 0)
+zeros = st.builds(  # every spelling of zero, "-0" and "0E-8" included
+    lambda sign, exponent: Decimal((sign, (0,), exponent)), st.integers(0, 1), st.integers(-20, 20)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    quantities=st.lists(positive, min_size=2, max_size=2).map(sorted),
+    prices=st.lists(positive, min_size=3, max_size=3),
+    protective=st.lists(positive, min_size=2, max_size=2, unique=True).map(sorted),
+    fill_quantity=positive,
+    fill_price=positive,
+    fee=finite_decimals(),
+    zero_filled=st.booleans(),
+    filled_zero=zeros,
+)
+def test_decimals_round_trip_exactly(
+    quantities: list[Decimal],
+    prices: list[Decimal],
+    protective: list[Decimal],
+    fill_quantity: Decimal,
+    fill_price: Decimal,
+    fee: Decimal,
+    zero_filled: bool,
+    filled_zero: Decimal,
+) -> None:
+    filled, quantity = quantities
+    limit_price, average_fill_price, _ = prices
+    stop_loss, take_profit = protective  # a market buy: stop below take-profit
+    limit = Order(
+        request=OrderRequest(
+            "EUR_USD",
+            "buy",
+            quantity,
+            type="limit",
+            limit_price=limit_price,
+            client_order_id="rk-limit",
+        ),
+        broker="paper",
+        status="partially_filled",
+        filled_quantity=filled_zero if zero_filled else filled,
+        average_fill_price=average_fill_price,
+    )
+    market = Order(
+        request=OrderRequest(
+            "EUR_USD",
+            "buy",
+            quantity,
+            stop_loss=stop_loss,
+            take_profit=take_profit,
+            client_order_id="rk-market",
+        ),
+        broker="paper",
+    )
+    fill = Fill(
+        fill_id="f-1",
+        client_order_id="rk-limit",
+        instrument="EUR_USD",
+        side="buy",
+        quantity=fill_quantity,
+        price=fill_price,
+        time=T0,
+        broker="paper",
+        fee=fee,
+    )
+    with tempfile.TemporaryDirectory() as folder, Store.open(Path(folder) / "rick.db") as s:
+        s.insert_order(limit)
+        s.insert_order(market)
+        s.insert_fill(fill)
+        for order in (limit, market):
+            assert_exactly_equal(s.get_order(order.client_order_id), order)
+        [got_fill] = s.fills()
+        assert_exactly_equal(got_fill, fill)
+        got_limit = s.get_order("rk-limit")
+        assert got_limit is not None
+        assert str(got_limit.filled_quantity) == str(limit.filled_quantity)
+        assert str(got_fill.fee) == str(fee)
