@@ -1,11 +1,11 @@
 """Every check a person runs, one session each. `nox` alone runs the test sessions.
 
-    nox -s tests        core test suite
-    nox -s plugins      each package under plugins/, with the core, in its own venv
-    nox -s docs         docs meta-tests (hooks documented, tested; walkthrough works)
-    nox -s lint         ruff check + ruff format --check
-    nox -s typecheck    mypy, strict on rick_core
-    nox -s bench        benchmarks in bench/ (ratios against raw costs, see bench/README.md)
+nox -s tests        core test suite
+nox -s plugins      each package under plugins/, with the core, in its own venv
+nox -s docs         docs meta-tests (hooks documented, tested; walkthrough works)
+nox -s lint         ruff check + ruff format --check
+nox -s typecheck    mypy, strict on rick_core
+nox -s bench        benchmarks in bench/ (ratios against raw costs, see bench/README.md)
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ import time
 
 def wall(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=True)
+    subprocess.run(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+    )
     return time.perf_counter() - start
 
 
@@ -47,14 +48,18 @@ def main() -> None:
             samples[name].append(wall(command, env))
 
     bare = statistics.median(samples["python -c pass"])
-    listing = subprocess.run([rick, "plugins", "--json", "--all"], env=env, capture_output=True,
-                             text=True, check=True).stdout
+    listing = subprocess.run(
+        [rick, "plugins", "--json", "--all"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     count = len(json.loads(listing))
     print(f"CLI start-up, median of {args.runs} runs ({count} plugins incl. built-in)")
     for name, values in samples.items():
         median = statistics.median(values)
-        goal = "" if name.startswith("python") else (
-            "  ok" if median < 0.25 and median / bare < 5 else "  MISSES GOAL (<0.25 s, <5x)")
+        goal = (
+            ""
+            if name.startswith("python")
+            else ("  ok" if median < 0.25 and median / bare < 5 else "  MISSES GOAL (<0.25 s, <5x)")
+        )
         print(f"  {name:16} {median * 1000:7.1f} ms   {median / bare:5.2f}x bare python{goal}")
 
 

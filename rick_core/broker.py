@@ -88,8 +88,9 @@ class RateLimited(BrokerError):
 
     retryable = True
 
-    def __init__(self, message: str = "rate limited", *, broker: str = "",
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str = "rate limited", *, broker: str = "", retry_after: float | None = None
+    ) -> None:
         if retry_after is not None:
             message = f"{message} (retry after {retry_after:g}s)"
         super().__init__(message, broker=broker)
@@ -126,9 +127,7 @@ class Unsupported(BrokerError):
 class Capabilities:
     """What a venue does natively. The engine emulates or refuses the rest."""
 
-    order_types: frozenset[OrderType] = field(
-        default=frozenset(OrderType), converter=frozenset
-    )
+    order_types: frozenset[OrderType] = field(default=frozenset(OrderType), converter=frozenset)
     time_in_force: frozenset[TimeInForce] = field(
         default=frozenset({TimeInForce.GTC, TimeInForce.IOC}), converter=frozenset
     )
@@ -222,8 +221,8 @@ class Broker(abc.ABC):
         self,
         client_order_id: str,
         *,
-        stop_loss: Decimal | None | Keep = KEEP,
-        take_profit: Decimal | None | Keep = KEEP,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
     ) -> Order:
         """Change the stop loss / take profit attached to a working order.
 
@@ -235,8 +234,8 @@ class Broker(abc.ABC):
         self,
         instrument: str,
         *,
-        stop_loss: Decimal | None | Keep = KEEP,
-        take_profit: Decimal | None | Keep = KEEP,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
     ) -> Position:
         """Change the stop loss / take profit protecting the open position in ``instrument``.
 

@@ -33,9 +33,7 @@ class NoCredentials:
         self.component = component
 
     def get(self, name: str) -> str:
-        raise KeyError(
-            f"no credential {name!r} is stored for {self.component or 'this component'}"
-        )
+        raise KeyError(f"no credential {name!r} is stored for {self.component or 'this component'}")
 
     def names(self) -> Sequence[str]:
         return ()

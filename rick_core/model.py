@@ -264,7 +264,7 @@ _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.]{0,19}$")
 
 
 def check_symbol(symbol: str) -> str:
-    """Return ``symbol`` if it is canonical, else raise :class:`ModelError` saying how to spell it."""
+    """Return ``symbol`` if canonical, else raise :class:`ModelError` saying how to spell it."""
     if not isinstance(symbol, str):
         raise ModelError(f"instrument symbol must be a string, got {type(symbol).__name__}")
     if _PAIR.match(symbol) or _TICKER.match(symbol):
@@ -341,7 +341,9 @@ class Instrument:
             )
 
     @classmethod
-    def pair(cls, symbol: str, asset_class: AssetClass | str = AssetClass.FX, **kw: Any) -> Instrument:
+    def pair(
+        cls, symbol: str, asset_class: AssetClass | str = AssetClass.FX, **kw: Any
+    ) -> Instrument:
         """A currency pair from its canonical symbol, e.g. ``Instrument.pair("EUR_USD")``."""
         check_symbol(symbol)
         if "_" not in symbol:
@@ -448,7 +450,11 @@ class OrderRequest:
             raise ModelError(
                 f"{where}: stop_loss {self.stop_loss} is on the wrong side of the entry {entry}"
             )
-        if self.take_profit is not None and entry is not None and not below(entry, self.take_profit):
+        if (
+            self.take_profit is not None
+            and entry is not None
+            and not below(entry, self.take_profit)
+        ):
             raise ModelError(
                 f"{where}: take_profit {self.take_profit} is on the wrong side of the entry {entry}"
             )
@@ -615,7 +621,8 @@ def from_jsonable(cls: type[T], data: Mapping[str, Any]) -> T:
     unknown = set(data) - {a.name for a in attrs.fields(cls)}
     if unknown:
         raise ModelError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
-    return cls(**data)
+    result: T = cls(**data)  # type: ignore[assignment]  # attrs.has() narrowed cls
+    return result
 
 
 def to_json(value: Any) -> str:

@@ -23,6 +23,7 @@ Environment variables (as in llm and tox):
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import os
@@ -147,9 +148,7 @@ class PluginSet:
             for plugin in self.failed:
                 lines.append(f"plugin {plugin.name!r} failed to load: {plugin.error}")
         available = sorted(self.of_kind(kind))
-        lines.append(
-            f"available {label}s: {', '.join(available) if available else '(none)'}"
-        )
+        lines.append(f"available {label}s: {', '.join(available) if available else '(none)'}")
         close = difflib.get_close_matches(name, available, n=1)
         if close:
             lines.append(f"did you mean {close[0]!r}?")
@@ -191,6 +190,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _identity(obj: object) -> object:
+    return obj
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     """A plugin manager that knows rick's hookspecs and has no plugin yet."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -216,15 +219,25 @@ def load_plugins(
     plugins: list[PluginInfo] = []
 
     for module_name in builtins:
-        info = PluginInfo(name=module_name, module=module_name, builtin=True,
-                          distribution="rick-core", version=__version__)
-        _register(pm, info, lambda m=module_name: importlib.import_module(m))
+        info = PluginInfo(
+            name=module_name,
+            module=module_name,
+            builtin=True,
+            distribution="rick-core",
+            version=__version__,
+        )
+        _register(pm, info, functools.partial(importlib.import_module, module_name))
         plugins.append(info)
 
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
         dist = ep.dist.name if ep.dist is not None else None
-        info = PluginInfo(name=ep.name, module=ep.value, builtin=False, distribution=dist,
-                          version=ep.dist.version if ep.dist is not None else None)
+        info = PluginInfo(
+            name=ep.name,
+            module=ep.value,
+            builtin=False,
+            distribution=dist,
+            version=ep.dist.version if ep.dist is not None else None,
+        )
         plugins.append(info)
         reason = _skip_reason(ep, dist, env)
         if reason is not None:
@@ -233,9 +246,10 @@ def load_plugins(
         _register(pm, info, ep.load)
 
     for name, obj in extra:
-        info = PluginInfo(name=name, module=getattr(obj, "__name__", type(obj).__name__),
-                          builtin=False)
-        _register(pm, info, lambda obj=obj: obj)
+        info = PluginInfo(
+            name=name, module=getattr(obj, "__name__", type(obj).__name__), builtin=False
+        )
+        _register(pm, info, functools.partial(_identity, obj))
         plugins.append(info)
 
     # Every hook implementation left must now match a spec; anything else is a bug in
@@ -277,7 +291,9 @@ def _check_hookimpls(pm: pluggy.PluginManager, plugin: object) -> None:
     for caller in pm.get_hookcallers(plugin) or ():
         if caller.spec is None:
             close = difflib.get_close_matches(caller.name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known hooks: {', '.join(known)}"
+            hint = (
+                f"; did you mean {close[0]!r}?" if close else f"; known hooks: {', '.join(known)}"
+            )
             raise _PluginFailed(f"implements unknown hook {caller.name!r}{hint}")
         for impl in caller.get_hookimpls():
             if impl.plugin is plugin and inspect.iscoroutinefunction(impl.function):
@@ -287,8 +303,9 @@ def _check_hookimpls(pm: pluggy.PluginManager, plugin: object) -> None:
                 )
 
 
-def _collect(pm: pluggy.PluginManager, info: PluginInfo, result: PluginSet,
-             reserved: frozenset[str]) -> None:
+def _collect(
+    pm: pluggy.PluginManager, info: PluginInfo, result: PluginSet, reserved: frozenset[str]
+) -> None:
     """Run every registration hook of one plugin; keep all of it or none of it."""
     staged: dict[tuple[Kind, str], Component] = {}
     plugin = pm.get_plugin(info.name)
@@ -326,8 +343,9 @@ def _collect(pm: pluggy.PluginManager, info: PluginInfo, result: PluginSet,
         if key in result.components:
             owner = result.components[key].plugin
             raise _PluginFailed(f"{label} {name!r} is already registered by plugin {owner!r}")
-        staged[key] = Component(kind=kind, name=name, factory=factory, plugin=info.name,
-                                description=description)
+        staged[key] = Component(
+            kind=kind, name=name, factory=factory, plugin=info.name, description=description
+        )
 
     try:
         for hook_name, kind in KINDS.items():
@@ -351,4 +369,3 @@ def _collect(pm: pluggy.PluginManager, info: PluginInfo, result: PluginSet,
 def _fail(pm: pluggy.PluginManager, info: PluginInfo, error: str) -> None:
     pm.unregister(name=info.name)
     info.status, info.error = "failed", error
-

@@ -73,4 +73,6 @@ class SeparatorSymbolMap:
         try:
             return check_symbol(canonical)
         except ModelError as exc:
-            raise UnknownSymbolError(f"venue symbol {native!r} has no canonical form: {exc}") from None
+            raise UnknownSymbolError(
+                f"venue symbol {native!r} has no canonical form: {exc}"
+            ) from None

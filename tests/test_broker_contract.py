@@ -24,9 +24,16 @@ from rick_core.model import OrderType, TimeInForce
 @pytest.mark.parametrize(
     ("error", "retryable", "message"),
     [
-        (OrderRejected("INSUFFICIENT_MARGIN", broker="oanda", code="422"), False,
-         "oanda: order rejected: INSUFFICIENT_MARGIN (422)"),
-        (RateLimited(broker="coinbase", retry_after=1.5), True, "coinbase: rate limited (retry after 1.5s)"),
+        (
+            OrderRejected("INSUFFICIENT_MARGIN", broker="oanda", code="422"),
+            False,
+            "oanda: order rejected: INSUFFICIENT_MARGIN (422)",
+        ),
+        (
+            RateLimited(broker="coinbase", retry_after=1.5),
+            True,
+            "coinbase: rate limited (retry after 1.5s)",
+        ),
         (AuthenticationFailed("token refused", broker="oanda"), False, "oanda: token refused"),
         (NotFound("order rk1", broker="ibkr"), False, "ibkr: order rk1"),
         (TemporarilyUnavailable("HTTP 503"), True, "HTTP 503"),

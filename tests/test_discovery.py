@@ -43,16 +43,17 @@ def register_commands(register):
     register(hello)
 '''
 
-BROKEN = '''
+BROKEN = """
 raise RuntimeError("rick-broken cannot import: missing native library")
-'''
+"""
 
 
 def _write_distribution(root: Path, dist: str, module: str, entry: str, source: str) -> Path:
     folder = root / dist
     (folder / module).mkdir(parents=True)
     (folder / module / "__init__.py").write_text(textwrap.dedent(source))
-    (folder / "pyproject.toml").write_text(textwrap.dedent(f'''
+    (folder / "pyproject.toml").write_text(
+        textwrap.dedent(f'''
         [build-system]
         requires = ["hatchling"]
         build-backend = "hatchling.build"
@@ -64,7 +65,8 @@ def _write_distribution(root: Path, dist: str, module: str, entry: str, source: 
 
         [project.entry-points.rick]
         {entry} = "{module}"
-        '''))
+        ''')
+    )
     return folder
 
 
@@ -78,11 +80,23 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     wheels = root / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    *map(str, sources)], check=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), *map(str, sources)],
+        check=True,
+    )
     site = root / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site),
-                    *map(str, sorted(wheels.glob("*.whl")))], check=True)
+    subprocess.run(
+        [
+            *pip,
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(site),
+            *map(str, sorted(wheels.glob("*.whl"))),
+        ],
+        check=True,
+    )
     return site
 
 
@@ -90,8 +104,13 @@ def rick(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RICK_")}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), environ.get("PYTHONPATH")]))
     environ.update(env)
-    return subprocess.run([sys.executable, "-m", "rick_core", *args], env=environ,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "rick_core", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def listed(site: Path, **env: str) -> dict[str, dict[str, object]]:
@@ -104,7 +123,11 @@ def test_installed_plugins_are_listed_with_version_hooks_and_failures(plugin_sit
     plugins = listed(plugin_site)
     assert set(plugins) == {"broken", "hello"}
     hello = plugins["hello"]
-    assert (hello["distribution"], hello["version"], hello["status"]) == ("rick-hello", "1.2.3", "ok")
+    assert (hello["distribution"], hello["version"], hello["status"]) == (
+        "rick-hello",
+        "1.2.3",
+        "ok",
+    )
     assert hello["hooks"] == ["register_commands", "register_notifiers"]
     assert hello["registered"] == {"notifier": ["hello"], "command": ["hello"]}
     broken = plugins["broken"]
@@ -135,18 +158,23 @@ def test_a_plugin_command_runs_and_is_in_help(plugin_site: Path) -> None:
         ({"RICK_LOAD_PLUGINS": "hello"}, {"hello": "ok", "broken": "disabled"}),
         ({"RICK_LOAD_PLUGINS": "rick-hello, rick_broken"}, {"hello": "ok", "broken": "failed"}),
         ({"RICK_DISABLE_PLUGINS": "broken"}, {"hello": "ok", "broken": "disabled"}),
-        ({"RICK_LOAD_PLUGINS": "hello,broken", "RICK_DISABLE_PLUGINS": "rick-hello"},
-         {"hello": "disabled", "broken": "failed"}),
+        (
+            {"RICK_LOAD_PLUGINS": "hello,broken", "RICK_DISABLE_PLUGINS": "rick-hello"},
+            {"hello": "disabled", "broken": "failed"},
+        ),
     ],
 )
-def test_allow_and_block_lists(plugin_site: Path, env: dict[str, str], expected: dict[str, str]) -> None:
+def test_allow_and_block_lists(
+    plugin_site: Path, env: dict[str, str], expected: dict[str, str]
+) -> None:
     plugins = listed(plugin_site, **env)
     assert {name: p["status"] for name, p in plugins.items()} == expected
 
 
 def test_a_disabled_plugin_is_not_even_imported(plugin_site: Path) -> None:
-    result = rick(plugin_site, "plugins", "--json", RICK_DISABLE_PLUGINS="broken",
-                  PYTHONVERBOSE="0")
+    result = rick(
+        plugin_site, "plugins", "--json", RICK_DISABLE_PLUGINS="broken", PYTHONVERBOSE="0"
+    )
     assert "missing native library" not in result.stdout + result.stderr
     (broken,) = [p for p in json.loads(result.stdout) if p["name"] == "broken"]
     assert broken["error"] == "listed in RICK_DISABLE_PLUGINS"

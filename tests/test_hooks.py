@@ -65,14 +65,20 @@ class OneQuoteBroker(Broker):
         return self.orders[client_order_id]
 
     async def replace_order_protection(
-        self, client_order_id: str, *, stop_loss: Decimal | None | Keep = KEEP,
-        take_profit: Decimal | None | Keep = KEEP,
+        self,
+        client_order_id: str,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
     ) -> Order:
         return await self.cancel_order(client_order_id)
 
     async def replace_position_protection(
-        self, instrument: str, *, stop_loss: Decimal | None | Keep = KEEP,
-        take_profit: Decimal | None | Keep = KEEP,
+        self,
+        instrument: str,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
     ) -> Position:
         raise NotFound(f"no position in {instrument}", broker=self.name)
 
@@ -89,11 +95,14 @@ class OneQuoteBroker(Broker):
         return [Instrument.pair("EUR_USD")]
 
     async def quote(self, instrument: str) -> Quote:
-        return Quote(instrument=instrument, bid=self.price, ask=self.price, time=utc_now(),
-                     source=self.name)
+        return Quote(
+            instrument=instrument, bid=self.price, ask=self.price, time=utc_now(), source=self.name
+        )
 
     @asynccontextmanager
-    async def stream_quotes(self, instruments: Sequence[str]) -> AsyncIterator[AsyncIterator[Quote]]:
+    async def stream_quotes(
+        self, instruments: Sequence[str]
+    ) -> AsyncIterator[AsyncIterator[Quote]]:
         async def quotes() -> AsyncIterator[Quote]:
             for instrument in instruments:
                 yield await self.quote(instrument)
@@ -110,8 +119,11 @@ class OneQuoteBroker(Broker):
 
 
 async def test_hook_register_brokers() -> None:
-    plugin = SimpleNamespace(register_brokers=hookimpl(
-        lambda register: register("one", OneQuoteBroker, description="one price")))
+    plugin = SimpleNamespace(
+        register_brokers=hookimpl(
+            lambda register: register("one", OneQuoteBroker, description="one price")
+        )
+    )
     plugin_set = load_plugins({}, extra=[("one-plugin", plugin)])
     component = plugin_set.require("broker", "one")
     assert (component.plugin, component.description) == ("one-plugin", "one price")
@@ -134,7 +146,9 @@ def test_hook_register_strategies() -> None:
         def __init__(self, window: int) -> None:
             self.window = window
 
-    plugin = SimpleNamespace(register_strategies=hookimpl(lambda register: register("trend", Trend)))
+    plugin = SimpleNamespace(
+        register_strategies=hookimpl(lambda register: register("trend", Trend))
+    )
     plugin_set = load_plugins({}, extra=[("strategies", plugin)])
     assert plugin_set.require("strategy", "trend").factory(window=20).window == 20
     assert plugin_set.plugins[-1].registered == {"strategy": ["trend"]}
@@ -150,7 +164,9 @@ async def test_hook_register_notifiers() -> None:
         async def send(self, notification: Notification) -> None:
             sent.append(notification)
 
-    plugin = SimpleNamespace(register_notifiers=hookimpl(lambda register: register("list", ListNotifier)))
+    plugin = SimpleNamespace(
+        register_notifiers=hookimpl(lambda register: register("list", ListNotifier))
+    )
     plugin_set = load_plugins({}, extra=[("notify", plugin)])
     assert set(plugin_set.of_kind("notifier")) == {"log", "list"}  # the built-in one too
     notifier = plugin_set.require("notifier", "list").factory(ComponentSetup(name="ops"))
@@ -173,10 +189,17 @@ async def test_hook_register_audit_sinks() -> None:
         async def flush(self) -> None:
             flushed.append(len(written))
 
-    plugin = SimpleNamespace(register_audit_sinks=hookimpl(lambda register: register("memory", MemorySink)))
-    sink = load_plugins({}, extra=[("sink", plugin)]).require("audit_sink", "memory").factory(
-        ComponentSetup(name="mem"))
-    record = AuditRecord(type="ENGINE_STARTED", actor=Actor(kind="system", name="rick", source="engine"))
+    plugin = SimpleNamespace(
+        register_audit_sinks=hookimpl(lambda register: register("memory", MemorySink))
+    )
+    sink = (
+        load_plugins({}, extra=[("sink", plugin)])
+        .require("audit_sink", "memory")
+        .factory(ComponentSetup(name="mem"))
+    )
+    record = AuditRecord(
+        type="ENGINE_STARTED", actor=Actor(kind="system", name="rick", source="engine")
+    )
     await sink.write(record)
     await sink.close()  # the default close flushes
     assert written == [record] and record.type is EventType.ENGINE_STARTED

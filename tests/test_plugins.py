@@ -30,7 +30,9 @@ def test_builtins_load_first_and_are_listed_as_builtin() -> None:
 
 
 def test_a_plugin_cannot_take_a_builtin_name() -> None:
-    hijack = SimpleNamespace(register_notifiers=hookimpl(lambda register: register("log", _factory)))
+    hijack = SimpleNamespace(
+        register_notifiers=hookimpl(lambda register: register("log", _factory))
+    )
     plugin_set = load_plugins({}, extra=[("hijack", hijack)])
     failed = {p.name: p.error for p in plugin_set.failed}
     assert failed == {
@@ -48,7 +50,8 @@ def test_registering_a_name_twice_fails_the_plugin_and_keeps_none_of_it() -> Non
 
 def test_second_plugin_claiming_a_name_fails_first_keeps_it() -> None:
     plugin_set = load_plugins(
-        {}, extra=[("first", plugin_registering("fx")), ("second", plugin_registering("fx", "other"))]
+        {},
+        extra=[("first", plugin_registering("fx")), ("second", plugin_registering("fx", "other"))],
     )
     assert plugin_set.require("broker", "fx").plugin == "first"
     assert [(p.name, p.error) for p in plugin_set.failed] == [
@@ -62,7 +65,10 @@ def test_a_misspelled_hook_fails_loudly_with_a_suggestion() -> None:
     typo = SimpleNamespace(register_broker=hookimpl(lambda register: None))
     plugin_set = load_plugins({}, extra=[("typo", typo)])
     (failed,) = plugin_set.failed
-    assert failed.error == "implements unknown hook 'register_broker'; did you mean 'register_brokers'?"
+    assert (
+        failed.error
+        == "implements unknown hook 'register_broker'; did you mean 'register_brokers'?"
+    )
     assert plugin_set.manager.get_plugin("typo") is None  # unregistered, so check_pending passed
 
 
@@ -70,7 +76,9 @@ def test_an_async_registration_hook_is_refused() -> None:
     async def register_brokers(register):  # type: ignore[no-untyped-def]
         register("x", _factory)
 
-    plugin_set = load_plugins({}, extra=[("async", SimpleNamespace(register_brokers=hookimpl(register_brokers)))])
+    plugin_set = load_plugins(
+        {}, extra=[("async", SimpleNamespace(register_brokers=hookimpl(register_brokers)))]
+    )
     assert "registration hooks are synchronous" in (plugin_set.failed[0].error or "")
 
 
@@ -84,7 +92,10 @@ def test_a_hook_with_an_unknown_argument_is_refused() -> None:
     ("registration", "error"),
     [
         (lambda register: register("Bad Name", _factory), "broker name 'Bad Name' is invalid"),
-        (lambda register: register("fine", "not callable"), "broker 'fine': factory 'not callable' is not callable"),
+        (
+            lambda register: register("fine", "not callable"),
+            "broker 'fine': factory 'not callable' is not callable",
+        ),
         (lambda register: 1 / 0, "registration failed: ZeroDivisionError: division by zero"),
     ],
 )

@@ -26,8 +26,7 @@ class LogNotifier(Notifier):
         except ValueError:
             allowed = ", ".join(level.value for level in Level)
             raise ValueError(
-                f"notifier {setup.name!r}: option min_level must be one of {allowed}, "
-                f"found {raw!r}"
+                f"notifier {setup.name!r}: option min_level must be one of {allowed}, found {raw!r}"
             ) from None
         unknown = set(setup.options) - {"min_level"}
         if unknown:

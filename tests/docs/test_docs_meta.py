@@ -26,8 +26,9 @@ WALKTHROUGH = ROOT / "docs" / "writing-plugins.md"
 
 
 def hookspec_names() -> list[str]:
-    return sorted(name for name, obj in vars(hookspecs).items()
-                  if callable(obj) and hasattr(obj, "rick_spec"))
+    return sorted(
+        name for name, obj in vars(hookspecs).items() if callable(obj) and hasattr(obj, "rick_spec")
+    )
 
 
 def signature_of(name: str) -> str:
@@ -36,8 +37,13 @@ def signature_of(name: str) -> str:
 
 
 def test_there_are_hooks_to_check() -> None:
-    assert {"register_brokers", "register_strategies", "register_notifiers",
-            "register_audit_sinks", "register_commands"} <= set(hookspec_names())
+    assert {
+        "register_brokers",
+        "register_strategies",
+        "register_notifiers",
+        "register_audit_sinks",
+        "register_commands",
+    } <= set(hookspec_names())
 
 
 @pytest.mark.parametrize("name", hookspec_names())
@@ -75,14 +81,28 @@ def test_the_walkthrough_builds_installs_and_is_listed(tmp_path: Path) -> None:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(text)
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "install",
-                    "--no-deps", "--no-build-isolation", "--target", str(site),
-                    str(tmp_path / "rick-hello")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "-q",
+            "--disable-pip-version-check",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(tmp_path / "rick-hello"),
+        ],
+        check=True,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RICK_")}
     env["PYTHONPATH"] = str(site)
     run = [sys.executable, "-m", "rick_core"]
-    listing = subprocess.run([*run, "plugins", "--json"], env=env, capture_output=True, text=True,
-                             check=True)
+    listing = subprocess.run(
+        [*run, "plugins", "--json"], env=env, capture_output=True, text=True, check=True
+    )
     (hello,) = json.loads(listing.stdout)
     assert (hello["name"], hello["distribution"], hello["status"]) == ("hello", "rick-hello", "ok")
     assert hello["registered"] == {"command": ["hello"], "notifier": ["print"]}
