@@ -76,7 +76,9 @@ def _build_cli() -> click.Group:
                 with formatter.section("Commands"):
                     formatter.write_dl(rows)
 
-    @click.group(cls=RickGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.group(
+        name="rick", cls=RickGroup, context_settings={"help_option_names": ["-h", "--help"]}
+    )
     @click.version_option(message=_version_text(), package_name="rick-core")
     def cli() -> None:
         """rick: run trading strategies on several brokers from one place.

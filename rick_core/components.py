@@ -46,7 +46,7 @@ class ComponentSetup:
     ``name`` is the component's name in ``rick.toml`` (``[brokers.<name>]``,
     ``[notifiers.<name>]``, ``[audit_sinks.<name>]``); a broker uses it as the
     ``broker``/``source`` of every value it produces. ``options`` is the rest
-    of that table for the plugin to validate (``plugin`` removed), ``home``
+    of that table for the plugin to validate (``kind`` removed), ``home``
     the rick home folder for any state the plugin keeps.
     """
 

@@ -130,6 +130,19 @@ class PluginSet:
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.status == "failed"]
 
+    def problems(self, required: Iterable[tuple[Kind, str, str]]) -> list[str]:
+        """Why the configured components cannot all be built: one message per
+        ``(kind, registered name, configured name)`` no healthy plugin provides.
+        Plugins that failed but are not needed do not matter."""
+        found = []
+        for kind, name, configured in required:
+            try:
+                self.require(kind, name)
+            except ComponentMissing as exc:
+                label = kind.replace("_", " ")
+                found.append(f"{label} {configured!r} (kind = {name!r}): {exc}")
+        return found
+
     def require(self, kind: Kind, name: str) -> Component:
         """The component registered as ``name``, or :class:`ComponentMissing`
         explaining why it is not there and what to do."""

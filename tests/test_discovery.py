@@ -178,3 +178,26 @@ def test_a_disabled_plugin_is_not_even_imported(plugin_site: Path) -> None:
     assert "missing native library" not in result.stdout + result.stderr
     (broken,) = [p for p in json.loads(result.stdout) if p["name"] == "broken"]
     assert broken["error"] == "listed in RICK_DISABLE_PLUGINS"
+
+
+def test_check_passes_when_the_failed_plugin_is_not_needed(
+    plugin_site: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "rick.toml"
+    config.write_text('[notifiers.desk]\nkind = "hello"\n')
+    result = rick(plugin_site, "check", "--config", str(config), RICK_HOME=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "notifier desk: hello (from hello)" in result.stdout
+    assert "plugin(s) broken failed to load; this config does not need them" in result.stdout
+
+
+def test_check_refuses_when_a_needed_plugin_failed(plugin_site: Path, tmp_path: Path) -> None:
+    config = tmp_path / "rick.toml"
+    config.write_text('[notifiers.desk]\nkind = "hello"\n\n[brokers.main]\nkind = "broken"\n')
+    result = rick(plugin_site, "check", "--config", str(config), RICK_HOME=str(tmp_path))
+    assert result.returncode == 1
+    assert "problem: broker 'main' (kind = 'broken'): no installed plugin provides" in result.stderr
+    assert (
+        "plugin 'broken' failed to load: import failed: RuntimeError: rick-broken cannot import"
+        in result.stderr
+    )

@@ -6,15 +6,7 @@ import json
 
 import click
 
-
-def _current_plugin_set() -> object:
-    ctx = click.get_current_context()
-    group = ctx.parent.command if ctx.parent is not None else None
-    if group is not None and hasattr(group, "plugin_set"):
-        return group.plugin_set()
-    from rick_core.plugins import load_plugins
-
-    return load_plugins()
+from rick_core.commands._common import current_plugin_set
 
 
 @click.command()
@@ -26,10 +18,7 @@ def plugins(as_json: bool, show_all: bool) -> None:
     A plugin that failed to load is listed with its error; rick still runs,
     and refuses to start only if the configuration needs that plugin.
     """
-    from rick_core.plugins import PluginSet
-
-    plugin_set = _current_plugin_set()
-    assert isinstance(plugin_set, PluginSet)
+    plugin_set = current_plugin_set()
     shown = [p for p in plugin_set.plugins if show_all or not p.builtin]
     if as_json:
         click.echo(json.dumps([p.as_json() for p in shown], indent=2))

@@ -1,0 +1,477 @@
+"""``rick.toml`` -> typed, validated, immutable configuration.
+
+Where the file is (:func:`find_config`): the ``--config`` path, else
+``$RICK_CONFIG``, else ``$RICK_HOME/rick.toml`` (``$RICK_HOME`` defaults to
+``~/.rick``). Without a file rick runs on the embedded defaults, which are
+exactly what the commented ``default_config.toml`` (written by ``rick init``)
+sets.
+
+Numbers are read exactly: TOML floats become :class:`~decimal.Decimal`, never
+binary floats, because plugin options and strategy parameters carry prices
+and amounts.
+
+Every problem raises :class:`ConfigError` naming the file, the dotted key,
+what was found (value and TOML type) and what was expected::
+
+    /home/x/.rick/rick.toml: key 'log.level': expected one of debug, info,
+    warning, error, critical; found 'verbose' (string)
+
+The fixed sections (the top level, ``[log]``, ``[store]``, each
+``[strategies.<name>]``) refuse unknown keys; broker, notifier and audit sink
+tables pass every key but ``kind`` to their plugin untouched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from attrs import field, frozen
+
+from rick_core.model import ModelError, check_symbol
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "DEFAULTS_SOURCE",
+    "LOG_LEVELS",
+    "ComponentConfig",
+    "ComponentKind",
+    "ConfigError",
+    "LogConfig",
+    "Mode",
+    "RickConfig",
+    "StoreConfig",
+    "StrategyConfig",
+    "default_config_text",
+    "find_config",
+    "load_config",
+    "rick_home",
+    "write_default_config",
+]
+
+CONFIG_FILENAME: Final = "rick.toml"
+DEFAULTS_SOURCE: Final = "<embedded defaults>"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+ComponentKind = Literal["broker", "strategy", "notifier", "audit_sink"]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used. The message names the file, the dotted
+    key, what was found and what was expected."""
+
+
+class Mode(enum.Enum):
+    """Whether orders are simulated (``paper``) or sent to real venues (``live``)."""
+
+    PAPER = "paper"
+    LIVE = "live"
+
+
+# ---------------------------------------------------------------------------
+# the configuration
+
+
+@frozen
+class LogConfig:
+    """``[log]``: ``level`` is the lowest level written, one of :data:`LOG_LEVELS`."""
+
+    level: str = "info"
+
+
+@frozen
+class StoreConfig:
+    """``[store]``: ``path`` of the SQLite database, relative to the rick home
+    unless absolute."""
+
+    path: Path = Path("rick.db")
+
+    def resolve(self, home: Path) -> Path:
+        """The database path, absolute when ``home`` is."""
+        return home / self.path.expanduser()
+
+
+@frozen
+class ComponentConfig:
+    """A ``[brokers.<name>]``, ``[notifiers.<name>]`` or ``[audit_sinks.<name>]`` table.
+
+    ``kind`` is the name a plugin registered the component under; ``options``
+    is every other key of the table, for that plugin to validate.
+    """
+
+    name: str
+    kind: str
+    options: Mapping[str, Any] = field(factory=dict)
+
+
+@frozen
+class StrategyConfig:
+    """A ``[strategies.<name>]`` table: which registered strategy (``kind``) runs
+    on which configured broker and instruments, with its ``params``."""
+
+    name: str
+    kind: str
+    broker: str
+    instruments: tuple[str, ...]
+    params: Mapping[str, Any] = field(factory=dict)
+    enabled: bool = True
+
+
+@frozen(kw_only=True)
+class RickConfig:
+    """The whole configuration. ``source`` is the file it was read from (None
+    for the embedded defaults); ``home`` is the rick home folder."""
+
+    home: Path
+    mode: Mode = Mode.PAPER
+    log: LogConfig = field(factory=LogConfig)
+    store: StoreConfig = field(factory=StoreConfig)
+    brokers: Mapping[str, ComponentConfig] = field(factory=dict)
+    strategies: Mapping[str, StrategyConfig] = field(factory=dict)
+    notifiers: Mapping[str, ComponentConfig] = field(factory=dict)
+    audit_sinks: Mapping[str, ComponentConfig] = field(factory=dict)
+    source: Path | None = None
+
+    @property
+    def store_path(self) -> Path:
+        """The database path, resolved against :attr:`home`."""
+        return self.store.resolve(self.home)
+
+    def required_components(self) -> list[tuple[ComponentKind, str, str]]:
+        """``(component kind, registered name, configured name)`` of every
+        configured component (enabled strategies only), for checking against
+        the installed plugins."""
+        needed: list[tuple[ComponentKind, str, str]] = []
+        needed += [("broker", c.kind, c.name) for c in self.brokers.values()]
+        needed += [("strategy", s.kind, s.name) for s in self.strategies.values() if s.enabled]
+        needed += [("notifier", c.kind, c.name) for c in self.notifiers.values()]
+        needed += [("audit_sink", c.kind, c.name) for c in self.audit_sinks.values()]
+        return needed
+
+
+# ---------------------------------------------------------------------------
+# finding, loading and writing the file
+
+
+def rick_home(environ: Mapping[str, str]) -> Path:
+    """``$RICK_HOME``, or ``~/.rick``."""
+    return Path(environ.get("RICK_HOME") or "~/.rick").expanduser()
+
+
+def find_config(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to read: ``explicit`` (``--config``), else ``$RICK_CONFIG``,
+    else ``$RICK_HOME/rick.toml`` if it exists; None means the embedded defaults.
+
+    Raises:
+        ConfigError: ``explicit`` or ``$RICK_CONFIG`` names a file that does not exist.
+    """
+    if explicit is not None:
+        path, origin = explicit.expanduser(), "--config"
+    elif environ.get("RICK_CONFIG"):
+        path, origin = Path(environ["RICK_CONFIG"]).expanduser(), "$RICK_CONFIG"
+    else:
+        default = rick_home(environ) / CONFIG_FILENAME
+        return default if default.exists() else None
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: config file not found (given by {origin}); fix the path, "
+            f"or write a commented default config there with `rick init`"
+        )
+    return path
+
+
+def load_config(path: Path | None, *, home: Path) -> RickConfig:
+    """Read and validate ``path``; None gives the embedded defaults.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or holds a bad value.
+    """
+    if path is None:
+        return _build(_Table(DEFAULTS_SOURCE, "", {}), source=None, home=home)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    return _build(_Table(str(path), "", data), source=path, home=home)
+
+
+def default_config_text() -> str:
+    """The commented default ``rick.toml`` shipped with rick-core."""
+    return resources.files("rick_core").joinpath("default_config.toml").read_text("utf-8")
+
+
+def write_default_config(path: Path, *, force: bool = False) -> Path:
+    """Write the commented default config to ``path`` (creating its folders).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``force`` is false.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("w" if force else "x", encoding="utf-8") as f:
+            f.write(default_config_text())
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path} already exists; use --force to overwrite it (your settings will be lost)"
+        ) from None
+    return path
+
+
+# ---------------------------------------------------------------------------
+# building the config from parsed TOML
+
+_TOP_KEYS: Final = ("mode", "log", "store", "brokers", "strategies", "notifiers", "audit_sinks")
+_STRATEGY_KEYS: Final = ("kind", "broker", "instruments", "enabled", "params")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
+    top.check_keys(_TOP_KEYS)
+    mode = Mode(top.string("mode", "paper", choices=[m.value for m in Mode]))
+    log = top.table("log", required=False)
+    log.check_keys(("level",))
+    level = log.string("level", "info", choices=LOG_LEVELS)
+    store = top.table("store", required=False)
+    store.check_keys(("path",))
+    store_path = Path(store.string("path", "rick.db"))
+    brokers = _components(top, "brokers", "broker")
+    strategies = {
+        name: _strategy(table, brokers) for name, table in top.tables("strategies").items()
+    }
+    return RickConfig(
+        home=home,
+        mode=mode,
+        log=LogConfig(level=level),
+        store=StoreConfig(path=store_path),
+        brokers=brokers,
+        strategies=strategies,
+        notifiers=_components(top, "notifiers", "notifier"),
+        audit_sinks=_components(top, "audit_sinks", "audit sink"),
+        source=source,
+    )
+
+
+def _components(top: _Table, section: str, what: str) -> dict[str, ComponentConfig]:
+    return {
+        name: ComponentConfig(
+            name=name,
+            kind=table.string("kind", expected=_kind_expected(what)),
+            options={k: v for k, v in table.data.items() if k != "kind"},
+        )
+        for name, table in top.tables(section).items()
+    }
+
+
+def _kind_expected(what: str) -> str:
+    return f"a string: the name a {what} plugin registered (`rick plugins` lists them)"
+
+
+def _strategy(table: _Table, brokers: Mapping[str, ComponentConfig]) -> StrategyConfig:
+    table.check_keys(_STRATEGY_KEYS, hint=f"strategy parameters go in [{table.key}.params]")
+    kind = table.string("kind", expected=_kind_expected("strategy"))
+    broker = table.string("broker", expected="a string: the <name> of a [brokers.<name>] table")
+    if broker not in brokers:
+        defined = ", ".join(brokers) if brokers else "none: no [brokers.<name>] table is defined"
+        raise table.error(
+            "broker",
+            f"the name of a configured broker (defined: {defined})",
+            broker,
+            suggest=brokers,
+        )
+    return StrategyConfig(
+        name=table.name,
+        kind=kind,
+        broker=broker,
+        instruments=table.symbols("instruments"),
+        params=table.table("params", required=False).data,
+        enabled=table.boolean("enabled", True),
+    )
+
+
+# ---------------------------------------------------------------------------
+# reading typed values with errors that say where, what and why
+
+
+class _Missing(enum.Enum):
+    MISSING = "missing"
+
+
+_MISSING: Final = _Missing.MISSING
+
+
+class _Table:
+    """A TOML table being read: the file it came from and its dotted key."""
+
+    def __init__(self, source: str, key: str, data: Mapping[str, Any]) -> None:
+        self.source = source
+        self.key = key
+        self.name = key.rpartition(".")[2]
+        self.data = dict(data)
+
+    def path(self, name: str, index: int | None = None) -> str:
+        """The dotted key of ``name`` (or of its item ``index``) in this table,
+        quoted if it is no bare key."""
+        part = name if _NAME.match(name) else json.dumps(name)
+        part += "" if index is None else f"[{index}]"
+        return f"{self.key}.{part}" if self.key else part
+
+    def error(
+        self,
+        name: str,
+        expected: str,
+        found: object = _MISSING,
+        *,
+        index: int | None = None,
+        found_text: str = "",
+        suggest: Sequence[str] | Mapping[str, Any] = (),
+        detail: str = "",
+    ) -> ConfigError:
+        """A :class:`ConfigError` about key ``name`` (or its item ``index``) of this table."""
+        if not found_text:
+            found_text = "nothing (the key is missing)" if found is _MISSING else _describe(found)
+        key = self.path(name, index)
+        message = f"{self.source}: key {key!r}: expected {expected}; found {found_text}"
+        close = (
+            difflib.get_close_matches(found, list(suggest), n=1) if isinstance(found, str) else []
+        )
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        return ConfigError(message + (f": {detail}" if detail else ""))
+
+    def check_keys(self, allowed: Sequence[str], *, hint: str = "") -> None:
+        """Refuse any key not in ``allowed``, suggesting the closest allowed one."""
+        for name in self.data:
+            if name not in allowed:
+                where = f"the keys of [{self.key}]" if self.key else "the top-level keys"
+                close = difflib.get_close_matches(name, allowed, n=1)
+                advice = f"; did you mean {close[0]!r}?" if close else (f"; {hint}" if hint else "")
+                raise ConfigError(
+                    f"{self.source}: key {self.path(name)!r}: expected one of {where}: "
+                    f"{', '.join(allowed)}; found unknown key {name!r}{advice}"
+                )
+
+    def _get(self, name: str, default: object, expected: str) -> object:
+        value = self.data.get(name, default)
+        if value is _MISSING:
+            raise self.error(name, expected)
+        return value
+
+    def string(
+        self,
+        name: str,
+        default: str | _Missing = _MISSING,
+        *,
+        choices: Sequence[str] = (),
+        expected: str = "a non-empty string",
+    ) -> str:
+        """A string; with ``choices``, one of them (matched case-insensitively)."""
+        if choices:
+            expected = f"one of {', '.join(choices)}"
+        value = self._get(name, default, expected)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, expected, value)
+        if choices:
+            if value.lower() not in choices:
+                raise self.error(name, expected, value, suggest=choices)
+            return value.lower()
+        return value
+
+    def boolean(self, name: str, default: bool | _Missing = _MISSING) -> bool:
+        """A TOML boolean (``true`` or ``false``)."""
+        expected = "a boolean (true or false, without quotes)"
+        value = self._get(name, default, expected)
+        if not isinstance(value, bool):
+            raise self.error(name, expected, value)
+        return value
+
+    def symbols(self, name: str) -> tuple[str, ...]:
+        """An array of distinct canonical instrument symbols."""
+        expected = 'an array of instrument symbols, e.g. ["EUR_USD", "BTC_USD"]'
+        value = self._get(name, _MISSING, expected)
+        if not isinstance(value, list):
+            raise self.error(name, expected, value)
+        for index, symbol in enumerate(value):
+            try:
+                check_symbol(symbol)
+            except ModelError as e:
+                raise self.error(
+                    name, "a canonical instrument symbol", symbol, index=index, detail=str(e)
+                ) from None
+            if symbol in value[:index]:
+                raise self.error(
+                    name, "each instrument once", symbol, index=index, detail="listed twice"
+                )
+        return tuple(value)
+
+    def table(self, name: str, *, required: bool = True) -> _Table:
+        """The sub-table ``name`` (empty if absent and not ``required``)."""
+        value = self._get(name, _MISSING if required else {}, f"a table [{self.path(name)}]")
+        if not isinstance(value, dict):
+            raise self.error(name, f"a table [{self.path(name)}]", value)
+        return _Table(self.source, self.path(name), value)
+
+    def tables(self, name: str) -> dict[str, _Table]:
+        """The optional table ``name`` of named tables, e.g. ``[brokers.<name>]``."""
+        section = self.table(name, required=False)
+        result = {}
+        for key in section.data:
+            if not _NAME.match(key):
+                raise section.error(
+                    key,
+                    "a name of letters, digits, '-' and '_'",
+                    found_text=f"the name {key!r}",
+                )
+            result[key] = section.table(key)
+        return result
+
+
+def _describe(value: object) -> str:
+    """``value`` as TOML would spell it, with its TOML type; a table shows only its keys,
+    so no option value (which might be a secret) lands in an error message."""
+    return f"{_show(value)} ({_toml_type(value)})"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k} = ..." for k in value) + "}"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, date | time):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, datetime):
+        return "offset date-time" if value.tzinfo is not None else "local date-time"
+    types: list[tuple[type, str]] = [
+        (bool, "boolean"),
+        (int, "integer"),
+        (Decimal, "float"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "table"),
+        (date, "local date"),
+        (time, "local time"),
+    ]
+    return next((name for t, name in types if isinstance(value, t)), type(value).__name__)
