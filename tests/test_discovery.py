@@ -189,6 +189,12 @@ def test_check_passes_when_the_failed_plugin_is_not_needed(
     assert result.returncode == 0, result.stderr
     assert "notifier desk: hello (from hello)" in result.stdout
     assert "plugin(s) broken failed to load; this config does not need them" in result.stdout
+    (log_file,) = (tmp_path / "logs").glob("rick-*.jsonl")
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    warning = next(e for e in events if e["event"] == "plugin failed to load")
+    assert (warning["plugin"], warning["level"]) == ("broken", "warning")
+    assert "missing native library" in warning["error"]
+    assert json.loads(result.stderr.splitlines()[0])["event"] == "plugin failed to load"
 
 
 def test_check_refuses_when_a_needed_plugin_failed(plugin_site: Path, tmp_path: Path) -> None:

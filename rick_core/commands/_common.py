@@ -49,3 +49,17 @@ def current_plugin_set() -> PluginSet:
     from rick_core.plugins import load_plugins
 
     return load_plugins()
+
+
+def start_logging(config: RickConfig) -> Any:
+    """Configure logging from ``config`` (stderr + $RICK_HOME/logs) and return a logger
+    that has already reported every plugin that failed to load."""
+    import structlog
+
+    from rick_core.logs import configure_logging
+
+    configure_logging(home=config.home, level=config.log.level)
+    log = structlog.get_logger("rick.cli")
+    for plugin in current_plugin_set().failed:
+        log.warning("plugin failed to load", plugin=plugin.name, error=plugin.error)
+    return log

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from rick_core.commands._common import config_option, current_plugin_set, load_config_or_exit
+from rick_core.commands._common import (
+    config_option,
+    current_plugin_set,
+    load_config_or_exit,
+    start_logging,
+)
 
 
 @click.command()
@@ -18,6 +23,7 @@ def check(config_path: Path | None) -> None:
     Plugins that failed to load matter only if the config needs them.
     """
     config = load_config_or_exit(config_path)
+    log = start_logging(config)
     source = config.source or "embedded defaults (no rick.toml found; `rick init` writes one)"
     click.echo(f"config: {source}")
     click.echo(f"mode: {config.mode.value}")
@@ -41,6 +47,7 @@ def check(config_path: Path | None) -> None:
     except StoreError as exc:
         problems.append(f"store: {exc}")
 
+    log.info("check finished", config=str(source), problems=len(problems))
     if problems:
         for problem in problems:
             text = problem.replace("\n", "\n    ")
