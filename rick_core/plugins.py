@@ -325,8 +325,6 @@ def _collect(
 
     def make_register(kind: Kind) -> Callable[..., None]:
         def register(name: str, factory: object, *, description: str = "") -> None:
-            if kind == "command":
-                raise _PluginFailed("internal: commands use their own register")
             _stage(kind, name, factory, description)
 
         return register
