@@ -22,12 +22,14 @@ Environment variables (as in llm and tox):
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final, Literal
@@ -226,8 +228,22 @@ def load_plugins(
     ``extra`` adds ``(name, plugin object)`` pairs after the entry points (used
     by tests and by embedding applications). ``reserved_commands`` are CLI
     names plugins may not take (the core's own commands).
+
+    Whatever plugins print while they load goes to stderr, so that stdout stays
+    clean for machine-readable output (``rick plugins --json``).
     """
-    env = os.environ if environ is None else environ
+    with contextlib.redirect_stdout(sys.stderr):
+        return _load_plugins(
+            os.environ if environ is None else environ, builtins, extra, reserved_commands
+        )
+
+
+def _load_plugins(
+    env: Mapping[str, str],
+    builtins: Iterable[str],
+    extra: Iterable[tuple[str, object]],
+    reserved_commands: Iterable[str],
+) -> PluginSet:
     pm = new_plugin_manager()
     plugins: list[PluginInfo] = []
 
