@@ -43,6 +43,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "KINDS",
+    "PLURALS",
     "Component",
     "ComponentMissing",
     "PluginInfo",
@@ -65,6 +66,14 @@ KINDS: Final[Mapping[str, Kind]] = {
     "register_commands": "command",
 }
 """Registration hook name -> the kind of thing it registers."""
+
+PLURALS: Final[Mapping[Kind, str]] = {
+    "broker": "brokers",
+    "strategy": "strategies",
+    "notifier": "notifiers",
+    "audit_sink": "audit sinks",
+    "command": "commands",
+}
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 
@@ -96,7 +105,7 @@ class PluginInfo:
     status: Literal["ok", "failed", "disabled"] = "ok"
     error: str | None = None
     hooks: list[str] = field(factory=list)
-    registered: dict[str, list[str]] = field(factory=dict)
+    registered: dict[Kind, list[str]] = field(factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -163,7 +172,8 @@ class PluginSet:
             for plugin in self.failed:
                 lines.append(f"plugin {plugin.name!r} failed to load: {plugin.error}")
         available = sorted(self.of_kind(kind))
-        lines.append(f"available {label}s: {', '.join(available) if available else '(none)'}")
+        listing = ", ".join(available) if available else "(none)"
+        lines.append(f"available {PLURALS[kind]}: {listing}")
         close = difflib.get_close_matches(name, available, n=1)
         if close:
             lines.append(f"did you mean {close[0]!r}?")

@@ -124,3 +124,8 @@ def test_require_names_what_is_available_and_suggests() -> None:
 def test_require_for_something_nobody_offers_says_how_to_install() -> None:
     with pytest.raises(ComponentMissing, match=r"pip install rick-coinbase"):
         load_plugins({}).require("broker", "coinbase")
+
+
+def test_missing_strategy_message_lists_strategies() -> None:
+    with pytest.raises(ComponentMissing, match=r"available strategies: \(none\)"):
+        load_plugins({}).require("strategy", "trend")

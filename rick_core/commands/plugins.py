@@ -7,6 +7,7 @@ import json
 import click
 
 from rick_core.commands._common import current_plugin_set
+from rick_core.plugins import PLURALS
 
 
 @click.command()
@@ -37,4 +38,4 @@ def plugins(as_json: bool, show_all: bool) -> None:
         if info.hooks:
             click.echo(f"    hooks: {', '.join(info.hooks)}")
         for kind, names in sorted(info.registered.items()):
-            click.echo(f"    {kind.replace('_', ' ')}s: {', '.join(sorted(names))}")
+            click.echo(f"    {PLURALS[kind]}: {', '.join(sorted(names))}")
