@@ -31,7 +31,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
+from importlib.metadata import entry_points as _entry_points
 from typing import Any, Final, Literal
 
 import pluggy
@@ -232,10 +233,12 @@ def load_plugins(
     builtins: Iterable[str] = BUILTIN_PLUGINS,
     extra: Iterable[tuple[str, object]] = (),
     reserved_commands: Iterable[str] = (),
+    entry_points: Iterable[EntryPoint] | None = None,
 ) -> PluginSet:
     """Build the plugin manager and collect every component.
 
-    ``extra`` adds ``(name, plugin object)`` pairs after the entry points (used
+    ``entry_points`` replaces discovery of the installed ``rick`` entry points
+    (tests pass ``()`` to see only what they register themselves). ``extra`` adds ``(name, plugin object)`` pairs after the entry points (used
     by tests and by embedding applications). ``reserved_commands`` are CLI
     names plugins may not take (the core's own commands).
 
@@ -243,14 +246,15 @@ def load_plugins(
     clean for machine-readable output (``rick plugins --json``).
     """
     with contextlib.redirect_stdout(sys.stderr):
-        return _load_plugins(
-            os.environ if environ is None else environ, builtins, extra, reserved_commands
-        )
+        found = _entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+        env = os.environ if environ is None else environ
+        return _load_plugins(env, builtins, found, extra, reserved_commands)
 
 
 def _load_plugins(
     env: Mapping[str, str],
     builtins: Iterable[str],
+    found: Iterable[EntryPoint],
     extra: Iterable[tuple[str, object]],
     reserved_commands: Iterable[str],
 ) -> PluginSet:
@@ -268,7 +272,7 @@ def _load_plugins(
         _register(pm, info, functools.partial(importlib.import_module, module_name))
         plugins.append(info)
 
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
+    for ep in sorted(found, key=lambda e: (e.name, e.value)):
         dist = ep.dist.name if ep.dist is not None else None
         info = PluginInfo(
             name=ep.name,
@@ -314,6 +318,10 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], obj
     try:
         pm.register(plugin, name=info.name)
     except Exception as exc:  # pluggy.PluginValidationError, or a name registered twice
+        # pluggy validates hook by hook and leaves what it added before the bad one;
+        # take all of it out again, or check_pending() would fail every command.
+        if pm.get_plugin(info.name) is plugin:
+            pm.unregister(plugin)
         info.status, info.error = "failed", _describe(exc)
         return
     try:
@@ -395,7 +403,9 @@ def _collect(
     except _PluginFailed as exc:
         _fail(pm, info, str(exc))
         return
-    except Exception as exc:
+    except BaseException as exc:  # even SystemExit: one plugin must not end rick
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         _fail(pm, info, f"registration failed: {_describe(exc)}")
         return
     result.components.update(staged)

@@ -124,7 +124,7 @@ async def test_hook_register_brokers() -> None:
             lambda register: register("one", OneQuoteBroker, description="one price")
         )
     )
-    plugin_set = load_plugins({}, extra=[("one-plugin", plugin)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("one-plugin", plugin)])
     component = plugin_set.require("broker", "one")
     assert (component.plugin, component.description) == ("one-plugin", "one price")
 
@@ -149,7 +149,7 @@ def test_hook_register_strategies() -> None:
     plugin = SimpleNamespace(
         register_strategies=hookimpl(lambda register: register("trend", Trend))
     )
-    plugin_set = load_plugins({}, extra=[("strategies", plugin)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("strategies", plugin)])
     assert plugin_set.require("strategy", "trend").factory(window=20).window == 20
     assert plugin_set.plugins[-1].registered == {"strategy": ["trend"]}
 
@@ -167,7 +167,7 @@ async def test_hook_register_notifiers() -> None:
     plugin = SimpleNamespace(
         register_notifiers=hookimpl(lambda register: register("list", ListNotifier))
     )
-    plugin_set = load_plugins({}, extra=[("notify", plugin)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("notify", plugin)])
     assert set(plugin_set.of_kind("notifier")) == {"log", "list"}  # the built-in one too
     notifier = plugin_set.require("notifier", "list").factory(ComponentSetup(name="ops"))
     await notifier.send(Notification(title="filled", level="warning"))
@@ -193,7 +193,7 @@ async def test_hook_register_audit_sinks() -> None:
         register_audit_sinks=hookimpl(lambda register: register("memory", MemorySink))
     )
     sink = (
-        load_plugins({}, extra=[("sink", plugin)])
+        load_plugins({}, entry_points=(), extra=[("sink", plugin)])
         .require("audit_sink", "memory")
         .factory(ComponentSetup(name="mem"))
     )
@@ -217,7 +217,7 @@ def test_hook_register_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     real_load = load_plugins
 
     def load_with_plugin(**kwargs: Any) -> Any:
-        return real_load({}, extra=[("greeter", plugin)], **kwargs)
+        return real_load({}, entry_points=(), extra=[("greeter", plugin)], **kwargs)
 
     monkeypatch.setattr("rick_core.plugins.load_plugins", load_with_plugin)
     runner = CliRunner()

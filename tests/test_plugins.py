@@ -24,7 +24,7 @@ def plugin_registering(*names: str) -> SimpleNamespace:
 
 
 def test_builtins_load_first_and_are_listed_as_builtin() -> None:
-    plugin_set = load_plugins({})
+    plugin_set = load_plugins({}, entry_points=())
     assert [p.name for p in plugin_set.plugins if p.builtin] == ["rick_core.builtins.log_notifier"]
     assert plugin_set.require("notifier", "log").plugin == "rick_core.builtins.log_notifier"
 
@@ -33,7 +33,7 @@ def test_a_plugin_cannot_take_a_builtin_name() -> None:
     hijack = SimpleNamespace(
         register_notifiers=hookimpl(lambda register: register("log", _factory))
     )
-    plugin_set = load_plugins({}, extra=[("hijack", hijack)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("hijack", hijack)])
     failed = {p.name: p.error for p in plugin_set.failed}
     assert failed == {
         "hijack": "notifier 'log' is already registered by plugin 'rick_core.builtins.log_notifier'"
@@ -42,7 +42,9 @@ def test_a_plugin_cannot_take_a_builtin_name() -> None:
 
 
 def test_registering_a_name_twice_fails_the_plugin_and_keeps_none_of_it() -> None:
-    plugin_set = load_plugins({}, extra=[("twice", plugin_registering("alpha", "beta", "alpha"))])
+    plugin_set = load_plugins(
+        {}, entry_points=(), extra=[("twice", plugin_registering("alpha", "beta", "alpha"))]
+    )
     (failed,) = plugin_set.failed
     assert (failed.name, failed.error) == ("twice", "registers the broker 'alpha' twice")
     assert plugin_set.of_kind("broker") == {}  # beta was staged, then dropped with the rest
@@ -51,6 +53,7 @@ def test_registering_a_name_twice_fails_the_plugin_and_keeps_none_of_it() -> Non
 def test_second_plugin_claiming_a_name_fails_first_keeps_it() -> None:
     plugin_set = load_plugins(
         {},
+        entry_points=(),
         extra=[("first", plugin_registering("fx")), ("second", plugin_registering("fx", "other"))],
     )
     assert plugin_set.require("broker", "fx").plugin == "first"
@@ -63,7 +66,7 @@ def test_second_plugin_claiming_a_name_fails_first_keeps_it() -> None:
 
 def test_a_misspelled_hook_fails_loudly_with_a_suggestion() -> None:
     typo = SimpleNamespace(register_broker=hookimpl(lambda register: None))
-    plugin_set = load_plugins({}, extra=[("typo", typo)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("typo", typo)])
     (failed,) = plugin_set.failed
     assert (
         failed.error
@@ -77,14 +80,16 @@ def test_an_async_registration_hook_is_refused() -> None:
         register("x", _factory)
 
     plugin_set = load_plugins(
-        {}, extra=[("async", SimpleNamespace(register_brokers=hookimpl(register_brokers)))]
+        {},
+        entry_points=(),
+        extra=[("async", SimpleNamespace(register_brokers=hookimpl(register_brokers)))],
     )
     assert "registration hooks are synchronous" in (plugin_set.failed[0].error or "")
 
 
 def test_a_hook_with_an_unknown_argument_is_refused() -> None:
     bad = SimpleNamespace(register_brokers=hookimpl(lambda register, extra: None))
-    plugin_set = load_plugins({}, extra=[("bad-args", bad)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("bad-args", bad)])
     assert "extra" in (plugin_set.failed[0].error or "")
 
 
@@ -101,19 +106,21 @@ def test_a_hook_with_an_unknown_argument_is_refused() -> None:
 )
 def test_registration_errors_name_the_problem(registration: object, error: str) -> None:
     plugin = SimpleNamespace(register_brokers=hookimpl(registration))
-    plugin_set = load_plugins({}, extra=[("p", plugin)])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("p", plugin)])
     assert (plugin_set.failed[0].error or "").startswith(error)
 
 
 def test_a_plugin_may_not_replace_a_core_command() -> None:
     shadow = click.Command("plugins", callback=lambda: None)
     plugin = SimpleNamespace(register_commands=hookimpl(lambda register: register(shadow)))
-    plugin_set = load_plugins({}, extra=[("shadow", plugin)], reserved_commands={"plugins"})
+    plugin_set = load_plugins(
+        {}, entry_points=(), extra=[("shadow", plugin)], reserved_commands={"plugins"}
+    )
     assert plugin_set.failed[0].error == "command 'plugins' is a core rick command"
 
 
 def test_require_names_what_is_available_and_suggests() -> None:
-    plugin_set = load_plugins({}, extra=[("fx", plugin_registering("oanda"))])
+    plugin_set = load_plugins({}, entry_points=(), extra=[("fx", plugin_registering("oanda"))])
     with pytest.raises(ComponentMissing) as excinfo:
         plugin_set.require("broker", "onada")
     message = str(excinfo.value)
@@ -123,9 +130,32 @@ def test_require_names_what_is_available_and_suggests() -> None:
 
 def test_require_for_something_nobody_offers_says_how_to_install() -> None:
     with pytest.raises(ComponentMissing, match=r"pip install rick-coinbase"):
-        load_plugins({}).require("broker", "coinbase")
+        load_plugins({}, entry_points=()).require("broker", "coinbase")
 
 
 def test_missing_strategy_message_lists_strategies() -> None:
     with pytest.raises(ComponentMissing, match=r"available strategies: \(none\)"):
-        load_plugins({}).require("strategy", "trend")
+        load_plugins({}, entry_points=()).require("strategy", "trend")
+
+
+def test_a_plugin_with_a_typo_and_a_bad_argument_is_fully_unregistered() -> None:
+    # pluggy adds register_broker (unknown, pending) before refusing the bad argument name
+    # of register_strategies; what it added must not survive to fail check_pending().
+    plugin = SimpleNamespace(
+        register_broker=hookimpl(lambda register: None),
+        register_strategies=hookimpl(lambda reg: None),
+    )
+    plugin_set = load_plugins({}, entry_points=(), extra=[("typo", plugin)])
+    assert plugin_set.failed[0].name == "typo"
+    assert plugin_set.manager.get_plugin("typo") is None
+    plugin_set.manager.check_pending()  # nothing of it is left behind
+
+
+def test_a_plugin_exiting_during_registration_does_not_end_rick() -> None:
+    def register_brokers(register):  # type: ignore[no-untyped-def]
+        raise SystemExit("plugin gave up")
+
+    plugin = SimpleNamespace(register_brokers=hookimpl(register_brokers))
+    plugin_set = load_plugins({}, entry_points=(), extra=[("quitter", plugin)])
+    assert plugin_set.failed[0].error == "registration failed: SystemExit: plugin gave up"
+    assert plugin_set.require("notifier", "log")  # the rest still works
