@@ -238,9 +238,10 @@ def load_plugins(
     """Build the plugin manager and collect every component.
 
     ``entry_points`` replaces discovery of the installed ``rick`` entry points
-    (tests pass ``()`` to see only what they register themselves). ``extra`` adds ``(name, plugin object)`` pairs after the entry points (used
-    by tests and by embedding applications). ``reserved_commands`` are CLI
-    names plugins may not take (the core's own commands).
+    (tests pass ``()`` to see only what they register themselves). ``extra``
+    adds ``(name, plugin object)`` pairs after the entry points (tests,
+    embedding applications). ``reserved_commands`` are CLI names plugins may
+    not take (the core's own commands).
 
     Whatever plugins print while they load goes to stderr, so that stdout stays
     clean for machine-readable output (``rick plugins --json``).
