@@ -269,6 +269,33 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping key made a string, for a JSON encoder that needs that."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else repr(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _StdlibBridge(logging.Handler):
+    """Sends records of the standard ``logging`` module (httpx, ib_insync, warnings)
+    through structlog, so they are redacted and written to the same outputs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            extra: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                extra["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, message, **extra)
+        except Exception:
+            self.handleError(record)
+
+
+_bridge = _StdlibBridge()
+
+
 class _Fanout:
     """Last processor: render the event once for the file and once for the stream."""
 
@@ -281,7 +308,11 @@ class _Fanout:
     ) -> dict[str, str]:
         timestamp = event_dict.get("timestamp")
         day = timestamp[:10] if isinstance(timestamp, str) else ""
-        file_line = self._json(logger, method_name, event_dict)
+        try:
+            file_line = self._json(logger, method_name, event_dict)
+        except (TypeError, ValueError):  # e.g. a dict with tuple keys: never fail the caller
+            event_dict = _plain(event_dict)
+            file_line = self._json(logger, method_name, event_dict)
         assert isinstance(file_line, str)
         if self._console is None:
             stream_line = file_line
@@ -353,6 +384,16 @@ def configure_logging(
         # Tests (and a reload of the configuration) call configure_logging again.
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard module, and may log a URL or header that
+    # carries a secret: route them through the same redaction and outputs.
+    root = logging.getLogger()
+    if _bridge not in root.handlers:
+        root.addHandler(_bridge)
+    root.setLevel(min_level)
+    # Off then on: re-installs the capture even if something (a test runner's
+    # catch_warnings) restored warnings.showwarning behind logging's back.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     return path
 
 

@@ -450,3 +450,32 @@ def test_a_failing_log_file_is_reported_once_and_never_raises(tmp_path: Path) ->
         "order sent",
         "fill received",
     ]
+
+
+def test_standard_logging_and_warnings_are_redacted_and_filed(tmp_path: Path) -> None:
+    import logging
+    import warnings
+
+    stream = io.StringIO()
+    path = configure_logging(home=tmp_path, console=False, stream=stream)
+    register_secret("tok-Sup3rS3cret")
+    logging.getLogger("httpx").info("HTTP Request: GET https://api/x?token=%s", "tok-Sup3rS3cret")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("retrying with tok-Sup3rS3cret", UserWarning, stacklevel=1)
+    logging.getLogger("noisy").debug("below the level: dropped")
+    assert path is not None
+    for text in (stream.getvalue(), path.read_text()):
+        assert "tok-Sup3rS3cret" not in text
+        records = [json.loads(line) for line in text.splitlines()]
+        assert [r["logger"] for r in records] == ["httpx", "py.warnings"]
+        assert records[0]["event"] == "HTTP Request: GET https://api/x?token=***"
+        assert "retrying with ***" in records[1]["event"]
+
+
+def test_values_json_cannot_encode_do_not_raise_into_the_caller(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    configure_logging(home=tmp_path, console=False, stream=stream)
+    structlog.get_logger().info("positions", by_key={("EUR_USD", "oanda"): Decimal("1.5")})
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["by_key"] == {"('EUR_USD', 'oanda')": "1.5"}
