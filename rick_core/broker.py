@@ -20,7 +20,7 @@ message; credentials never are.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from typing import Final, Protocol
@@ -123,23 +123,54 @@ class Unsupported(BrokerError):
 # capabilities
 
 
+def _order_types(values: Iterable[OrderType | str]) -> frozenset[OrderType]:
+    return frozenset(OrderType.parse(v, what="order type") for v in values)
+
+
+def _time_in_force_set(values: Iterable[TimeInForce | str]) -> frozenset[TimeInForce]:
+    return frozenset(TimeInForce.parse(v, what="time in force") for v in values)
+
+
 @frozen
 class Capabilities:
-    """What a venue does natively. The engine emulates or refuses the rest."""
+    """What a venue does natively. The engine emulates or refuses the rest.
 
-    order_types: frozenset[OrderType] = field(default=frozenset(OrderType), converter=frozenset)
+    The defaults claim the least (market orders, GTC and IOC, nothing attached),
+    so a plugin that forgets to declare a capability is never trusted with it.
+    """
+
+    order_types: frozenset[OrderType] = field(
+        default=frozenset({OrderType.MARKET}), converter=_order_types
+    )
     time_in_force: frozenset[TimeInForce] = field(
-        default=frozenset({TimeInForce.GTC, TimeInForce.IOC}), converter=frozenset
+        default=frozenset({TimeInForce.GTC, TimeInForce.IOC}), converter=_time_in_force_set
     )
     attached_stop_loss: bool = False
     attached_take_profit: bool = False
     modify_order_protection: bool = False
     modify_position_protection: bool = False
     client_order_ids: bool = False
-    fractional_quantity: bool = True
-    short_selling: bool = True
-    streaming_quotes: bool = True
-    streaming_events: bool = True
+    fractional_quantity: bool = False
+    short_selling: bool = False
+    streaming_quotes: bool = False
+    streaming_events: bool = False
+
+    def supports(self, request: OrderRequest) -> str | None:
+        """Why the venue cannot take ``request`` natively, or None if it can."""
+        if request.type not in self.order_types:
+            return f"{request.type.value} orders are not supported"
+        if request.time_in_force not in self.time_in_force:
+            return f"time in force {request.time_in_force.value} is not supported"
+        if request.stop_loss is not None and not self.attached_stop_loss:
+            return "an attached stop loss is not supported"
+        if request.take_profit is not None and not self.attached_take_profit:
+            return "an attached take profit is not supported"
+        if (
+            request.quantity != request.quantity.to_integral_value()
+            and not self.fractional_quantity
+        ):
+            return f"fractional quantity {request.quantity} is not supported"
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -209,17 +240,19 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def cancel_order(self, client_order_id: str) -> Order:
-        """Cancel a working order and return its final state.
+    async def cancel_order(self, order: Order) -> Order:
+        """Cancel a working order and return its new state.
 
-        Raises :class:`NotFound` for an unknown id; cancelling an order that is
-        already final returns it unchanged.
+        ``order`` is rick's last known state of it: it carries both the client
+        order id and, once acknowledged, the venue's id (venues cancel by
+        either). Raises :class:`NotFound` when the venue does not know it;
+        cancelling an order that is already final returns it unchanged.
         """
 
     @abc.abstractmethod
     async def replace_order_protection(
         self,
-        client_order_id: str,
+        order: Order,
         *,
         stop_loss: Decimal | Keep | None = KEEP,
         take_profit: Decimal | Keep | None = KEEP,
@@ -278,6 +311,10 @@ class Broker(abc.ABC):
         async for quote in quotes: ...``. Leaving the block unsubscribes.
         The iterator ends (or raises :class:`Disconnected`) when the feed is
         lost; the caller decides whether to resubscribe.
+
+        A venue message that does not make a valid :class:`Quote` (a one-sided
+        or crossed book, a zero price) is dropped and counted by the plugin,
+        never allowed to end the stream.
         """
 
     @abc.abstractmethod

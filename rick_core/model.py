@@ -267,7 +267,7 @@ def check_symbol(symbol: str) -> str:
     """Return ``symbol`` if canonical, else raise :class:`ModelError` saying how to spell it."""
     if not isinstance(symbol, str):
         raise ModelError(f"instrument symbol must be a string, got {type(symbol).__name__}")
-    if _PAIR.match(symbol) or _TICKER.match(symbol):
+    if _PAIR.fullmatch(symbol) or _TICKER.fullmatch(symbol):
         return symbol
     hint = symbol.upper().replace("-", "_").replace("/", "_")
     raise ModelError(
@@ -291,6 +291,25 @@ def utc_now() -> datetime:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
+
+
+def _client_order_id(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not _CLIENT_ORDER_ID.fullmatch(value):
+        raise ModelError(
+            f"{attribute.name} {value!r} is invalid: 1 to 64 characters of letters, digits "
+            "and . _ : - (starting with a letter or digit), so every venue accepts it"
+        )
+
+
+def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ModelError(f"{attribute.name} must be a string or None, got {type(value).__name__}")
+
+
+def _str(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise ModelError(f"{attribute.name} must be a string, got {type(value).__name__}")
 
 
 def new_client_order_id() -> str:
@@ -334,11 +353,18 @@ class Instrument:
     )
 
     def __attrs_post_init__(self) -> None:
-        if "_" in self.symbol and self.symbol.split("_", 1)[1] != self.quote_currency:
-            raise ModelError(
-                f"instrument {self.symbol}: quote_currency {self.quote_currency!r} does not "
-                f"match the symbol's quote {self.symbol.split('_', 1)[1]!r}"
-            )
+        if "_" in self.symbol:
+            base, quote = self.symbol.split("_", 1)
+            if quote != self.quote_currency:
+                raise ModelError(
+                    f"instrument {self.symbol}: quote_currency {self.quote_currency!r} does not "
+                    f"match the symbol's quote {quote!r}"
+                )
+            if base != self.base:
+                raise ModelError(
+                    f"instrument {self.symbol}: base {self.base!r} does not match the "
+                    f"symbol's base {base!r}"
+                )
 
     @classmethod
     def pair(
@@ -421,8 +447,8 @@ class OrderRequest:
     take_profit: Decimal | None = field(
         default=None, converter=_to_optional_decimal, validator=_optional(_positive)
     )
-    client_order_id: str = field(factory=new_client_order_id, validator=_non_empty)
-    tag: str = field(default="", validator=attrs.validators.instance_of(str))
+    client_order_id: str = field(factory=new_client_order_id, validator=_client_order_id)
+    tag: str = field(default="", validator=_str)
 
     def __attrs_post_init__(self) -> None:
         where = f"order {self.client_order_id} ({self.side.value} {self.instrument})"
@@ -436,8 +462,6 @@ class OrderRequest:
             raise ModelError(f"{where}: stop_price is only for stop orders")
         if (self.time_in_force is TimeInForce.GTD) != (self.expire_time is not None):
             raise ModelError(f"{where}: expire_time is required with GTD and only with GTD")
-        if len(self.client_order_id) > 64:
-            raise ModelError(f"{where}: client_order_id is longer than 64 characters")
         # Plain comparisons, no arithmetic: nothing here depends on the caller's
         # decimal context (precision, traps).
         buy = self.side is Side.BUY
@@ -489,7 +513,7 @@ class Order:
     request: OrderRequest = field(converter=_to_request)
     broker: str = field(validator=_non_empty)
     status: OrderStatus = field(default=OrderStatus.PENDING, converter=_order_status)
-    venue_order_id: str | None = None
+    venue_order_id: str | None = field(default=None, validator=_optional_str)
     filled_quantity: Decimal = field(
         default=Decimal(0), converter=_to_decimal, validator=_non_negative
     )
@@ -498,9 +522,14 @@ class Order:
     )
     created_at: datetime = field(factory=utc_now, converter=_to_utc)
     updated_at: datetime = field(factory=utc_now, converter=_to_utc)
-    reject_reason: str | None = None
+    reject_reason: str | None = field(default=None, validator=_optional_str)
 
     def __attrs_post_init__(self) -> None:
+        if self.updated_at < self.created_at:
+            raise ModelError(
+                f"order {self.client_order_id}: updated_at {self.updated_at.isoformat()} is "
+                f"before created_at {self.created_at.isoformat()}"
+            )
         if self.filled_quantity > self.request.quantity:
             raise ModelError(
                 f"order {self.client_order_id}: filled {self.filled_quantity} is more than "
@@ -534,7 +563,7 @@ class Fill:
     """One execution against an order. ``fee`` is in ``fee_currency``; a rebate is negative."""
 
     fill_id: str = field(validator=_non_empty)
-    client_order_id: str = field(validator=_non_empty)
+    client_order_id: str = field(validator=_non_empty)  # venues report fills of foreign orders
     instrument: str = field(validator=_symbol)
     side: Side = field(converter=_side)
     quantity: Decimal = field(converter=_to_decimal, validator=_positive)
@@ -542,8 +571,8 @@ class Fill:
     time: datetime = field(converter=_to_utc)
     broker: str = field(validator=_non_empty)
     fee: Decimal = field(default=Decimal(0), converter=_to_decimal)
-    fee_currency: str = ""
-    venue_order_id: str | None = None
+    fee_currency: str = field(default="", validator=_str)
+    venue_order_id: str | None = field(default=None, validator=_optional_str)
 
     @property
     def notional(self) -> Decimal:

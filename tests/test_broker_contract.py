@@ -18,7 +18,7 @@ from rick_core.broker import (
     TemporarilyUnavailable,
     Unsupported,
 )
-from rick_core.model import OrderType, TimeInForce
+from rick_core.model import OrderRequest, OrderType, TimeInForce
 
 
 @pytest.mark.parametrize(
@@ -63,10 +63,51 @@ def test_an_incomplete_broker_cannot_be_instantiated() -> None:
         HalfBroker()  # type: ignore[abstract]
 
 
-def test_capabilities_default_to_the_conservative_choice() -> None:
+def test_capabilities_default_to_claiming_the_least() -> None:
     caps = Capabilities()
-    assert caps.order_types == frozenset(OrderType)
-    assert TimeInForce.GTC in caps.time_in_force and TimeInForce.GTD not in caps.time_in_force
-    assert not (caps.attached_stop_loss or caps.client_order_ids or caps.modify_position_protection)
-    assert Capabilities(order_types=[OrderType.MARKET]).order_types == frozenset({OrderType.MARKET})
+    assert caps.order_types == frozenset({OrderType.MARKET})
+    assert caps.time_in_force == frozenset({TimeInForce.GTC, TimeInForce.IOC})
+    assert not (caps.attached_stop_loss or caps.client_order_ids or caps.streaming_quotes)
+    assert Capabilities(order_types=["limit", "market"]).order_types == frozenset(
+        {OrderType.LIMIT, OrderType.MARKET}
+    )
+    with pytest.raises(ValueError, match="unknown order type 'trailing'"):
+        Capabilities(order_types=["trailing"])
     assert repr(KEEP) == "KEEP" and type(KEEP)() is KEEP
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "reason"),
+    [
+        ({}, None),
+        ({"type": "limit", "limit_price": "1.1"}, "limit orders are not supported"),
+        (
+            {
+                "type": "limit",
+                "limit_price": "1.1",
+                "time_in_force": "gtd",
+                "expire_time": "2030-01-01T00:00:00+00:00",
+            },
+            "limit orders are not supported",
+        ),
+        ({"stop_loss": "1.0"}, "an attached stop loss is not supported"),
+        ({"take_profit": "2.0"}, "an attached take profit is not supported"),
+        ({"quantity": "0.5"}, "fractional quantity 0.5 is not supported"),
+        ({"time_in_force": "fok"}, "time in force fok is not supported"),
+    ],
+)
+def test_capabilities_say_why_a_request_is_not_native(
+    request_fields: dict[str, object], reason: str | None
+) -> None:
+    request = OrderRequest(
+        **{"instrument": "EUR_USD", "side": "buy", "quantity": 10, **request_fields}
+    )  # type: ignore[arg-type]
+    assert Capabilities().supports(request) == reason
+    everything = Capabilities(
+        order_types=OrderType,
+        time_in_force=TimeInForce,
+        attached_stop_loss=True,
+        attached_take_profit=True,
+        fractional_quantity=True,
+    )
+    assert everything.supports(request) is None

@@ -59,19 +59,19 @@ class OneQuoteBroker(Broker):
             self.orders[request.client_order_id] = order
         return order
 
-    async def cancel_order(self, client_order_id: str) -> Order:
-        if client_order_id not in self.orders:
-            raise NotFound(f"order {client_order_id}", broker=self.name)
-        return self.orders[client_order_id]
+    async def cancel_order(self, order: Order) -> Order:
+        if order.client_order_id not in self.orders:
+            raise NotFound(f"order {order.client_order_id}", broker=self.name)
+        return self.orders[order.client_order_id]
 
     async def replace_order_protection(
         self,
-        client_order_id: str,
+        order: Order,
         *,
         stop_loss: Decimal | Keep | None = KEEP,
         take_profit: Decimal | Keep | None = KEEP,
     ) -> Order:
-        return await self.cancel_order(client_order_id)
+        return await self.cancel_order(order)
 
     async def replace_position_protection(
         self,
@@ -137,8 +137,12 @@ async def test_hook_register_brokers() -> None:
     assert await broker.place_order(request) is first  # the client order id dedupes
     async with broker.stream_quotes(["EUR_USD", "USD_JPY"]) as quotes:
         assert [q.instrument async for q in quotes] == ["EUR_USD", "USD_JPY"]
+    stranger = Order(
+        request=OrderRequest(instrument="EUR_USD", side="sell", quantity=1, client_order_id="nope"),
+        broker="demo",
+    )
     with pytest.raises(NotFound, match="demo: order nope"):
-        await broker.cancel_order("nope")
+        await broker.cancel_order(stranger)
 
 
 def test_hook_register_strategies() -> None:

@@ -127,7 +127,9 @@ def test_order_request_defaults() -> None:
             "take_profit 1.05 is on the wrong side of the entry 1.10",
         ),
         ({"stop_loss": "1.2", "take_profit": "1.1"}, "are the wrong way round for a buy"),
-        ({"client_order_id": "x" * 65}, "longer than 64 characters"),
+        ({"client_order_id": "x" * 65}, "client_order_id 'x{65}' is invalid: 1 to 64 characters"),
+        ({"client_order_id": "a b\n"}, "client_order_id 'a b.* is invalid"),
+        ({"tag": 7}, "tag must be a string, got int"),
     ],
 )
 def test_inconsistent_order_requests_are_refused(fields: dict[str, object], message: str) -> None:
@@ -167,6 +169,10 @@ def test_order_invariants() -> None:
         attrs.evolve(order, status=OrderStatus.FILLED)
     with pytest.raises(ModelError, match="needs an average_fill_price"):
         attrs.evolve(order, average_fill_price=None)
+    with pytest.raises(ModelError, match="venue_order_id must be a string or None, got int"):
+        attrs.evolve(order, venue_order_id=123)
+    with pytest.raises(ModelError, match=r"updated_at .* is before created_at"):
+        attrs.evolve(order, created_at=NOW, updated_at=NOW - timedelta(seconds=1))
 
 
 def test_positions_accounts_and_instruments() -> None:
@@ -195,6 +201,8 @@ def test_positions_accounts_and_instruments() -> None:
         ModelError, match="quote_currency 'EUR' does not match the symbol's quote 'USD'"
     ):
         Instrument(symbol="BTC_USD", asset_class="crypto", quote_currency="EUR")
+    with pytest.raises(ModelError, match="base 'GBP' does not match the symbol's base 'EUR'"):
+        Instrument(symbol="EUR_USD", asset_class="fx", quote_currency="USD", base="GBP")
     with pytest.raises(ModelError, match="unknown asset class 'stocks'"):
         Instrument(symbol="AAPL", asset_class="stocks", quote_currency="USD")  # type: ignore[arg-type]
 
@@ -204,7 +212,9 @@ def test_canonical_symbols(symbol: str) -> None:
     assert check_symbol(symbol) == symbol
 
 
-@pytest.mark.parametrize("symbol", ["eur_usd", "EUR/USD", "BTC-USD", "EUR_USD_X", "", " AAPL"])
+@pytest.mark.parametrize(
+    "symbol", ["eur_usd", "EUR/USD", "BTC-USD", "EUR_USD_X", "", " AAPL", "EUR_USD\n", "AAPL\n"]
+)
 def test_non_canonical_symbols(symbol: str) -> None:
     with pytest.raises(ModelError, match="not a canonical instrument symbol"):
         check_symbol(symbol)
