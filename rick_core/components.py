@@ -47,10 +47,13 @@ class ComponentSetup:
     ``[notifiers.<name>]``, ``[audit_sinks.<name>]``); a broker uses it as the
     ``broker``/``source`` of every value it produces. ``options`` is the rest
     of that table for the plugin to validate (``kind`` removed), ``home``
-    the rick home folder for any state the plugin keeps.
+    the rick home folder for any state the plugin keeps. ``source`` says where
+    the component is configured (``/home/x/.rick/rick.toml [brokers.main]``):
+    name it in errors about options, so the user knows what to edit.
     """
 
     name: str
     options: Mapping[str, Any] = field(factory=dict)
     credentials: Credentials = field(factory=NoCredentials)
     home: Path = field(factory=Path.cwd)
+    source: str = ""

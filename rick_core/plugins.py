@@ -39,6 +39,7 @@ import pluggy
 from attrs import define, field, frozen
 
 from rick_core import __version__, hookspecs
+from rick_core.components import ComponentSetup
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -46,6 +47,7 @@ __all__ = [
     "KINDS",
     "PLURALS",
     "Component",
+    "ComponentInvalid",
     "ComponentMissing",
     "PluginInfo",
     "PluginSet",
@@ -81,6 +83,10 @@ _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 
 class ComponentMissing(LookupError):
     """A configured component is not provided by any loaded plugin."""
+
+
+class ComponentInvalid(ValueError):
+    """A plugin's factory refused a configured component (bad options, usually)."""
 
 
 @frozen
@@ -154,6 +160,22 @@ class PluginSet:
                 label = kind.replace("_", " ")
                 found.append(f"{label} {configured!r} (kind = {name!r}): {exc}")
         return found
+
+    def build(self, kind: Kind, name: str, setup: ComponentSetup) -> Any:
+        """Call the factory registered as ``name`` with ``setup``.
+
+        Factories do no I/O, so this is safe to do just to validate options.
+        Raises :class:`ComponentMissing`, or :class:`ComponentInvalid` naming
+        ``setup.source`` when the factory refuses.
+        """
+        component = self.require(kind, name)
+        try:
+            return component.factory(setup)
+        except Exception as exc:
+            where = setup.source or f"{kind.replace('_', ' ')} {setup.name!r}"
+            raise ComponentInvalid(
+                f"{where}: {_describe(exc)} (raised by plugin {component.plugin!r})"
+            ) from exc
 
     def require(self, kind: Kind, name: str) -> Component:
         """The component registered as ``name``, or :class:`ComponentMissing`

@@ -18,14 +18,16 @@ Every column is declared TEXT explicitly, so SQLite's type affinity never turns
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeVar, cast
 
 from sqlite_utils import Database
 
@@ -325,16 +327,45 @@ _WORKING_STATUSES = tuple(s.value for s in OrderStatus if not s.is_final)
 # the store
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Serialise a :class:`Store` method on the store's lock."""
+
+    @functools.wraps(method)
+    def locked(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, locked)
+
+
+_MUTABLE_ORDER_COLUMNS = (
+    "status",
+    "venue_order_id",
+    "filled_quantity",
+    "average_fill_price",
+    "updated_at",
+    "reject_reason",
+    "stop_loss",
+    "take_profit",
+)
+"""What an order update may change; the rest of the request is fixed once stored."""
+
+
 class Store:
     """The one writer of a rick store. Open it with :meth:`Store.open`.
 
-    Not thread-safe: use one ``Store`` from one thread (the engine's order
-    manager); other readers open their own connection.
+    Calls are serialised by a lock, and the connection is not tied to the
+    thread that opened it, so the engine may run them in a worker thread
+    (``trio.to_thread.run_sync``) as long as one ``Store`` does the writing.
     """
 
     def __init__(self, db: Database, path: Path) -> None:
         """Wrap an open, migrated database; use :meth:`Store.open` instead."""
         self._db = db
+        self._lock = threading.RLock()
         self.path = path
 
     @classmethod
@@ -346,14 +377,21 @@ class Store:
         if the file is not a store or a migration fails.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         migrations = MIGRATIONS
-        found = _version_on_disk(path)
-        latest = _latest_version(migrations)
-        if found > latest:
-            raise SchemaTooNewError(path, found, latest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            found = _version_on_disk(path)
+            latest = _latest_version(migrations)
+            if found > latest:
+                raise SchemaTooNewError(path, found, latest)
+            conn = sqlite3.connect(path, check_same_thread=False)
+        except (OSError, ValueError) as e:  # a file where a folder should be, a NUL in the path
+            raise StoreError(
+                f"{path}: cannot open the store: {e}. Check [store] path in rick.toml "
+                "and RICK_HOME."
+            ) from None
         # execute_plugins=False: no sqlite-utils plugin gets a hand on this connection.
-        db = Database(path, execute_plugins=False)
+        db = Database(conn, execute_plugins=False)
         try:
             _configure(db, path)
             _migrate(db, path, migrations)
@@ -365,6 +403,7 @@ class Store:
             raise
         return cls(db, path)
 
+    @_locked
     def close(self) -> None:
         """Close the connection. Everything written is already committed."""
         self._db.close()
@@ -390,6 +429,7 @@ class Store:
 
     # -- orders --------------------------------------------------------------
 
+    @_locked
     def insert_order(self, order: Order) -> None:
         """Store a new order. Raises :class:`StoreError` if its client order id is taken."""
         try:
@@ -400,33 +440,52 @@ class Store:
                 "use update_order to change it"
             ) from None
 
+    @_locked
     def update_order(self, order: Order) -> None:
-        """Replace the stored state of an order, found by its client order id.
+        """Store the new state of an order, found by its client order id.
 
-        Raises :class:`StoreError` if no order with that id is stored.
+        Only what changes over an order's life is written (status, fills,
+        venue id, protection, reject reason, update time). Raises
+        :class:`StoreError` if no order with that id is stored, or if the rest
+        of ``order`` differs from what is stored: a stored request never changes.
         """
         row = _order_row(order)
-        client_order_id = row.pop("client_order_id")
-        columns = list(row)
+        del row["client_order_id"]
+        client_order_id = order.client_order_id
+        fixed = [c for c in row if c not in _MUTABLE_ORDER_COLUMNS]
         with self._db.atomic():
             cursor = self._db.execute(
                 "UPDATE orders SET "
-                + ", ".join(f"[{c}] = ?" for c in columns)
-                + " WHERE client_order_id = ?",
-                [row[c] for c in columns] + [client_order_id],
+                + ", ".join(f"[{c}] = ?" for c in _MUTABLE_ORDER_COLUMNS)
+                + " WHERE client_order_id = ? AND "
+                + " AND ".join(f"[{c}] IS ?" for c in fixed),
+                [row[c] for c in _MUTABLE_ORDER_COLUMNS]
+                + [client_order_id]
+                + [row[c] for c in fixed],
             )
-        if cursor.rowcount != 1:
+            if cursor.rowcount == 1:
+                return
+            stored = self.get_order(client_order_id)
+        if stored is None:
             raise StoreError(
                 f"{self.path}: cannot update order {client_order_id}: it is not stored; "
                 "use insert_order first"
             )
+        stored_row = _order_row(stored)
+        changed = sorted(c for c in fixed if stored_row[c] != row[c])
+        raise StoreError(
+            f"{self.path}: cannot update order {client_order_id}: {', '.join(changed)} "
+            "differ from the stored order, and a stored request never changes"
+        )
 
+    @_locked
     def get_order(self, client_order_id: str) -> Order | None:
         """The stored order with this client order id, or None."""
         rows = self._db.table("orders").rows_where("client_order_id = ?", [client_order_id])
         row = next(iter(rows), None)
         return None if row is None else _order_from_row(row)
 
+    @_locked
     def orders(self, *, broker: str | None = None, open_only: bool = False) -> list[Order]:
         """Stored orders, oldest first (by ``created_at``, then client order id).
 
@@ -448,6 +507,7 @@ class Store:
 
     # -- fills ---------------------------------------------------------------
 
+    @_locked
     def insert_fill(self, fill: Fill) -> bool:
         """Store a fill once: True if it was new, False if this broker's fill id is stored.
 
@@ -464,6 +524,7 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    @_locked
     def fills(self, *, client_order_id: str | None = None) -> list[Fill]:
         """Stored fills in time order (then in the order stored), optionally of one order."""
         if client_order_id is None:

@@ -105,3 +105,25 @@ def test_check_refuses_a_store_from_a_newer_rick(
 def test_unknown_command_is_an_error(runner: CliRunner) -> None:
     result = runner.invoke(_build_cli(), ["trade-everything"])
     assert result.exit_code == 2 and "No such command 'trade-everything'" in result.output
+
+
+def test_check_reports_options_a_plugin_refuses(runner: CliRunner, tmp_path: Path) -> None:
+    config = tmp_path / "rick.toml"
+    config.write_text('[notifiers.ops]\nkind = "log"\nmin_level = "loud"\n')
+    result = runner.invoke(_build_cli(), ["check", "--config", str(config)])
+    assert result.exit_code == 1
+    assert f"problem: {config} [notifiers.ops]: ValueError: notifier 'ops': option min_level" in (
+        result.output
+    )
+    assert "(raised by plugin 'rick_core.builtins.log_notifier')" in result.output
+
+
+def test_check_with_an_unusable_home_says_what_to_do(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("RICK_HOME", str(not_a_folder))
+    result = runner.invoke(_build_cli(), ["check"])
+    assert result.exit_code == 1
+    assert "Set RICK_HOME to a folder rick can write to" in result.output

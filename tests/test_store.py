@@ -460,3 +460,35 @@ def test_decimals_round_trip_exactly(
         assert got_limit is not None
         assert str(got_limit.filled_quantity) == str(limit.filled_quantity)
         assert str(got_fill.fee) == str(fee)
+
+
+def test_a_stored_request_never_changes(store: Store) -> None:
+    order = make_order()
+    store.insert_order(order)
+    bigger = attrs.evolve(order, request=attrs.evolve(order.request, quantity=Decimal(5000)))
+    with pytest.raises(StoreError, match="quantity differ from the stored order"):
+        store.update_order(bigger)
+    # what may change, does: protection, status, venue id
+    moved = attrs.evolve(
+        order,
+        request=attrs.evolve(order.request, stop_loss=Decimal("1.0800")),
+        status=OrderStatus.OPEN,
+        venue_order_id="v-1",
+    )
+    store.update_order(moved)
+    assert store.get_order(order.client_order_id) == moved
+
+
+async def test_the_store_can_be_used_from_a_worker_thread(store: Store) -> None:
+    import trio
+
+    order = make_order()
+    await trio.to_thread.run_sync(store.insert_order, order)
+    assert await trio.to_thread.run_sync(store.get_order, order.client_order_id) == order
+
+
+@pytest.mark.parametrize("bad", ["file-not-folder/rick.db", "nul\x00byte.db"])
+def test_an_unusable_path_is_a_store_error(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "file-not-folder").write_text("")
+    with pytest.raises(StoreError, match=r"cannot open the store: .*Check \[store\] path"):
+        Store.open(tmp_path / bad)

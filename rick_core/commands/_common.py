@@ -58,7 +58,13 @@ def start_logging(config: RickConfig) -> Any:
 
     from rick_core.logs import configure_logging
 
-    configure_logging(home=config.home, level=config.log.level)
+    try:
+        configure_logging(home=config.home, level=config.log.level)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write logs under {config.home / 'logs'}: {exc}. "
+            "Set RICK_HOME to a folder rick can write to."
+        ) from None
     log = structlog.get_logger("rick.cli")
     for plugin in current_plugin_set().failed:
         log.warning("plugin failed to load", plugin=plugin.name, error=plugin.error)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +14,10 @@ from rick_core.commands._common import (
     load_config_or_exit,
     start_logging,
 )
+
+if TYPE_CHECKING:
+    from rick_core.config import ComponentConfig, RickConfig
+    from rick_core.plugins import PluginSet
 
 
 @click.command()
@@ -35,6 +41,7 @@ def check(config_path: Path | None) -> None:
         if component is not None:
             click.echo(f"{kind.replace('_', ' ')} {configured}: {name} (from {component.plugin})")
     problems = plugin_set.problems(required)
+    problems += _invalid_components(config, plugin_set)
     if plugin_set.failed and not problems:
         names = ", ".join(p.name for p in plugin_set.failed)
         click.echo(f"note: plugin(s) {names} failed to load; this config does not need them")
@@ -54,3 +61,35 @@ def check(config_path: Path | None) -> None:
             click.secho(f"problem: {text}", fg="red", err=True)
         raise SystemExit(1)
     click.echo("ok: rick can start with this configuration")
+
+
+def _invalid_components(config: RickConfig, plugin_set: PluginSet) -> list[str]:
+    """Build every configured broker, notifier and audit sink (factories do no I/O)
+    so that a plugin refusing its options is reported now, not at run time."""
+    from rick_core.components import ComponentSetup, NoCredentials
+    from rick_core.config import DEFAULTS_SOURCE
+    from rick_core.plugins import ComponentInvalid, Kind
+
+    origin = str(config.source) if config.source else DEFAULTS_SOURCE
+    sections: list[tuple[Kind, str, Mapping[str, ComponentConfig]]] = [
+        ("broker", "brokers", config.brokers),
+        ("notifier", "notifiers", config.notifiers),
+        ("audit_sink", "audit_sinks", config.audit_sinks),
+    ]
+    problems = []
+    for kind, section, components in sections:
+        for component in components.values():
+            if (kind, component.kind) not in plugin_set.components:
+                continue  # reported as missing already
+            setup = ComponentSetup(
+                name=component.name,
+                options=component.options,
+                credentials=NoCredentials(component.name),
+                home=config.home,
+                source=f"{origin} [{section}.{component.name}]",
+            )
+            try:
+                plugin_set.build(kind, component.kind, setup)
+            except ComponentInvalid as exc:
+                problems.append(str(exc))
+    return problems
