@@ -165,6 +165,8 @@ class AssetClass(_ValueEnum):
 
 def _to_decimal(value: Decimal | int | str) -> Decimal:
     """Exact conversion to Decimal; refuses floats, bools and non-finite values."""
+    if type(value) is Decimal and value.is_finite():  # the hot path: quotes, fills
+        return value
     if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
         raise ModelError(
             f"expected a Decimal (or an int or a numeric string), got {type(value).__name__} "
@@ -189,6 +191,8 @@ def _to_optional_decimal(value: Decimal | int | str | None) -> Decimal | None:
 
 def _to_utc(value: datetime | str) -> datetime:
     """Aware datetime (or ISO 8601 text with an offset) normalised to UTC."""
+    if type(value) is datetime and value.tzinfo is UTC:  # the hot path
+        return value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -263,11 +267,19 @@ _PAIR = re.compile(r"^[A-Z0-9]{1,16}_[A-Z0-9]{2,10}$")
 _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.]{0,19}$")
 
 
+_KNOWN_SYMBOLS: set[str] = set()
+"""Symbols already checked: a quote stream repeats a handful of them millions of times."""
+
+
 def check_symbol(symbol: str) -> str:
     """Return ``symbol`` if canonical, else raise :class:`ModelError` saying how to spell it."""
+    if type(symbol) is str and symbol in _KNOWN_SYMBOLS:
+        return symbol
     if not isinstance(symbol, str):
         raise ModelError(f"instrument symbol must be a string, got {type(symbol).__name__}")
     if _PAIR.fullmatch(symbol) or _TICKER.fullmatch(symbol):
+        if len(_KNOWN_SYMBOLS) < 100_000:  # bounded: symbols come from venues too
+            _KNOWN_SYMBOLS.add(symbol)
         return symbol
     hint = symbol.upper().replace("-", "_").replace("/", "_")
     raise ModelError(

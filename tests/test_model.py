@@ -277,3 +277,11 @@ def test_unknown_json_fields_are_refused() -> None:
     broken = json.loads(text) | {"venue": "x"}
     with pytest.raises(ModelError, match=r"Quote: unknown field\(s\) \['venue'\]"):
         from_json(Quote, json.dumps(broken))
+
+
+def test_the_symbol_cache_never_admits_a_bad_symbol() -> None:
+    assert check_symbol("GBP_USD") == "GBP_USD"
+    assert check_symbol("GBP_USD") == "GBP_USD"  # second time from the cache
+    for bad in ("gbp_usd", ["GBP_USD"], None):
+        with pytest.raises(ModelError):
+            check_symbol(bad)  # type: ignore[arg-type]
