@@ -25,30 +25,17 @@ def rate(make: object, number: int) -> float:
 def main() -> None:
     now, bid, ask, size = utc_now(), Decimal("1.0841"), Decimal("1.0843"), Decimal(1_000_000)
     n = 50_000
-    quote = rate(
-        lambda: Quote(
-            instrument="EUR_USD",
-            bid=bid,
-            ask=ask,
-            time=now,
-            source="paper",
-            bid_size=size,
-            ask_size=size,
-        ),
-        n,
-    )
-    plain = rate(
-        lambda: PlainQuote(
-            instrument="EUR_USD",
-            bid=bid,
-            ask=ask,
-            time=now,
-            source="paper",
-            bid_size=size,
-            ask_size=size,
-        ),
-        n,
-    )
+    fields = {
+        "instrument": "EUR_USD",
+        "bid": bid,
+        "ask": ask,
+        "time": now,
+        "source": "paper",
+        "bid_size": size,
+        "ask_size": size,
+    }
+    quote = rate(lambda: Quote(**fields), n)
+    plain = rate(lambda: PlainQuote(**fields), n)
     fill = rate(
         lambda: Fill(
             fill_id="f1",
