@@ -98,7 +98,13 @@ def main() -> None:
     rick = shutil.which("rick", path=os.path.dirname(sys.executable)) or shutil.which("rick")
     if rick is None:
         sys.exit("the rick console script is not installed in this environment")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RICK_")}
+    # A user's Python writes .pyc files (pip compiles them at install time too); a
+    # PYTHONDONTWRITEBYTECODE inherited from a tool would time a cold compile on every run.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RICK_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "rick --version": [rick, "--version"],

@@ -23,6 +23,7 @@ Environment variables (as in llm and tox):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import importlib
@@ -31,15 +32,16 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from importlib.metadata import EntryPoint
-from importlib.metadata import entry_points as _entry_points
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pluggy
-from attrs import define, field, frozen
 
 from rick_core import __version__, hookspecs
-from rick_core.components import ComponentSetup
+from rick_core.entrypoints import PluginEntryPoint
+from rick_core.entrypoints import entry_points as _entry_points
+
+if TYPE_CHECKING:
+    from rick_core.components import ComponentSetup
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -89,7 +91,7 @@ class ComponentInvalid(ValueError):
     """A plugin's factory refused a configured component (bad options, usually)."""
 
 
-@frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class Component:
     """One registered thing: a broker, strategy, notifier, audit sink or command."""
 
@@ -100,7 +102,7 @@ class Component:
     description: str = ""
 
 
-@define
+@dataclasses.dataclass(slots=True)
 class PluginInfo:
     """What ``rick plugins`` shows about one plugin."""
 
@@ -111,8 +113,8 @@ class PluginInfo:
     version: str | None = None
     status: Literal["ok", "failed", "disabled"] = "ok"
     error: str | None = None
-    hooks: list[str] = field(factory=list)
-    registered: dict[Kind, list[str]] = field(factory=dict)
+    hooks: list[str] = dataclasses.field(default_factory=list)
+    registered: dict[Kind, list[str]] = dataclasses.field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -132,14 +134,14 @@ class _PluginFailed(Exception):
     """Internal: a plugin broke a rule while loading or registering."""
 
 
-@define
+@dataclasses.dataclass(slots=True)
 class PluginSet:
     """The outcome of :func:`load_plugins`: the manager, every plugin found and
     every component the healthy ones registered."""
 
     manager: pluggy.PluginManager
     plugins: list[PluginInfo]
-    components: dict[tuple[Kind, str], Component] = field(factory=dict)
+    components: dict[tuple[Kind, str], Component] = dataclasses.field(default_factory=dict)
 
     def of_kind(self, kind: Kind) -> dict[str, Component]:
         return {name: c for (k, name), c in sorted(self.components.items()) if k == kind}
@@ -222,7 +224,7 @@ def _parse_list(value: str) -> set[str]:
     return {_normalise(item.strip()) for item in value.split(",") if item.strip()}
 
 
-def _skip_reason(ep: EntryPoint, dist: str | None, environ: Mapping[str, str]) -> str | None:
+def _skip_reason(ep: PluginEntryPoint, dist: str | None, environ: Mapping[str, str]) -> str | None:
     names = {_normalise(ep.name)} | ({_normalise(dist)} if dist else set())
     allow = environ.get("RICK_LOAD_PLUGINS")
     if allow is not None and not names & _parse_list(allow):
@@ -255,7 +257,7 @@ def load_plugins(
     builtins: Iterable[str] = BUILTIN_PLUGINS,
     extra: Iterable[tuple[str, object]] = (),
     reserved_commands: Iterable[str] = (),
-    entry_points: Iterable[EntryPoint] | None = None,
+    entry_points: Iterable[PluginEntryPoint] | None = None,
 ) -> PluginSet:
     """Build the plugin manager and collect every component.
 
@@ -269,7 +271,7 @@ def load_plugins(
     clean for machine-readable output (``rick plugins --json``).
     """
     with contextlib.redirect_stdout(sys.stderr):
-        found = _entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+        found = _entry_points(ENTRY_POINT_GROUP) if entry_points is None else entry_points
         env = os.environ if environ is None else environ
         return _load_plugins(env, builtins, found, extra, reserved_commands)
 
@@ -277,7 +279,7 @@ def load_plugins(
 def _load_plugins(
     env: Mapping[str, str],
     builtins: Iterable[str],
-    found: Iterable[EntryPoint],
+    found: Iterable[PluginEntryPoint],
     extra: Iterable[tuple[str, object]],
     reserved_commands: Iterable[str],
 ) -> PluginSet:
@@ -296,13 +298,9 @@ def _load_plugins(
         plugins.append(info)
 
     for ep in sorted(found, key=lambda e: (e.name, e.value)):
-        dist = ep.dist.name if ep.dist is not None else None
+        dist = ep.distribution
         info = PluginInfo(
-            name=ep.name,
-            module=ep.value,
-            builtin=False,
-            distribution=dist,
-            version=ep.dist.version if ep.dist is not None else None,
+            name=ep.name, module=ep.value, builtin=False, distribution=dist, version=ep.version
         )
         plugins.append(info)
         reason = _skip_reason(ep, dist, env)

@@ -2,48 +2,30 @@
 
 Configure it with ``[notifiers.log] kind = "log"``; option ``min_level``
 (info, warning, critical; default info) drops quieter notifications.
+
+The factory imports the implementation when it is first called, so that
+loading plugins (``rick plugins``, ``rick --help``) stays cheap: the pattern we
+recommend to every plugin.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from rick_core.components import ComponentSetup
 from rick_core.hookspecs import Register, hookimpl
-from rick_core.notify import Level, Notification, Notifier, NotifierFactory
 
-_ORDER = {Level.INFO: 0, Level.WARNING: 1, Level.CRITICAL: 2}
+if TYPE_CHECKING:
+    from rick_core.components import ComponentSetup
+    from rick_core.notify import Notifier, NotifierFactory
 
 
-class LogNotifier(Notifier):
-    """Sends each notification to the structured log, at the matching level."""
+def log_notifier(setup: ComponentSetup) -> Notifier:
+    """Build the ``log`` notifier (see :class:`rick_core.builtins._log.LogNotifier`)."""
+    from rick_core.builtins._log import LogNotifier
 
-    def __init__(self, setup: ComponentSetup) -> None:
-        self.name = setup.name
-        raw = setup.options.get("min_level", "info")
-        try:
-            self.min_level = Level(raw)
-        except ValueError:
-            allowed = ", ".join(level.value for level in Level)
-            raise ValueError(
-                f"notifier {setup.name!r}: option min_level must be one of {allowed}, found {raw!r}"
-            ) from None
-        unknown = set(setup.options) - {"min_level"}
-        if unknown:
-            raise ValueError(f"notifier {setup.name!r}: unknown option(s) {sorted(unknown)}")
-
-    async def send(self, notification: Notification) -> None:
-        if _ORDER[notification.level] < _ORDER[self.min_level]:
-            return
-        import structlog
-
-        log: Any = structlog.get_logger("rick.notify").bind(notifier=self.name)
-        method = {Level.INFO: log.info, Level.WARNING: log.warning, Level.CRITICAL: log.critical}
-        method[notification.level](
-            notification.title, text=notification.text, **dict(notification.data)
-        )
+    return LogNotifier(setup)
 
 
 @hookimpl
 def register_notifiers(register: Register[NotifierFactory]) -> None:
-    register("log", LogNotifier, description="write notifications to rick's log")
+    register("log", log_notifier, description="write notifications to rick's log")
