@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rick_core.config import RickConfig
     from rick_core.plugins import PluginSet
 
@@ -18,6 +19,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def config_option(command: F) -> F:
     """``--config FILE``; without it, $RICK_CONFIG, then $RICK_HOME/rick.toml, then defaults."""
+    from pathlib import Path  # here, not at import: `rick plugins` needs no paths
+
     decorated: F = click.option(
         "--config",
         "config_path",
