@@ -7,8 +7,11 @@ needs directly: every ``*.dist-info`` and ``*.egg-info`` folder on
 the few distributions that have an entry in the group. The first distribution
 of a name on ``sys.path`` wins, as with ``importlib.metadata``.
 
-Where a ``sys.path`` entry is not a plain folder (a zip file, an egg), the
-scan hands over to ``importlib.metadata``, which knows every format.
+Where the layout is anything else (a ``sys.path`` entry that is a zip file or
+an ``.egg``, an import hook that provides distributions of its own), the scan
+hands over to ``importlib.metadata``, which knows every format. A package
+whose metadata cannot be read (not UTF-8, unreadable) is skipped: one broken
+unrelated package must not stop rick.
 """
 
 from __future__ import annotations
@@ -58,14 +61,14 @@ def _normalise(name: str) -> str:
 
 
 def _section(text: str, group: str) -> Iterator[tuple[str, str]]:
-    """``name = value`` pairs of ``[group]`` in an entry_points.txt."""
+    """``name = value`` pairs of ``[group]`` in an entry_points.txt (importlib's rules)."""
     inside = False
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
         if line.startswith("[") and line.endswith("]"):
-            inside = line[1:-1].strip() == group
+            inside = line.strip("[]") == group
             continue
         if inside and "=" in line:
             name, _, value = line.partition("=")
@@ -82,9 +85,9 @@ def _headers(folder: str) -> tuple[str | None, str | None]:
                     if not line.strip():
                         break  # the headers end at the first blank line
                     key, _, value = line.partition(":")
-                    if key == "Name":
+                    if key.lower() == "name":  # headers are case-insensitive, as in email
                         name = value.strip()
-                    elif key == "Version":
+                    elif key.lower() == "version":
                         version = value.strip()
                 return name, version
         except OSError:
@@ -94,56 +97,71 @@ def _headers(folder: str) -> tuple[str | None, str | None]:
 
 def _folder_name(entry: str) -> str | None:
     """The distribution name a dist-info / egg-info folder name spells."""
-    stem = (
-        entry[: -len(".dist-info")] if entry.endswith(".dist-info") else entry[: -len(".egg-info")]
-    )
+    stem = entry.rsplit(".", 1)[0]
     return stem.split("-", 1)[0] or None
+
+
+def _needs_standard_library(paths: list[str]) -> bool:
+    """Layouts this scanner leaves to importlib.metadata."""
+    from importlib.machinery import PathFinder
+
+    for finder in sys.meta_path:
+        if finder is not PathFinder and hasattr(finder, "find_distributions"):
+            return True  # an import hook (pex, PyInstaller, ...) provides distributions
+    return any(os.path.isfile(p) or p.lower().endswith(".egg") for p in paths if p)
 
 
 def entry_points(group: str, path: Iterable[str] | None = None) -> list[PluginEntryPoint]:
     """Every entry point of ``group`` installed on ``path`` (default ``sys.path``)."""
     paths = list(sys.path if path is None else path)
+    if _needs_standard_library(paths):
+        return _standard(group, paths)
     found: list[PluginEntryPoint] = []
     seen: set[str] = set()
     for base in paths:
         folder = base or "."
-        if os.path.isfile(folder):  # a zip or an egg file: let the standard library read it
-            return _standard(group)
         try:
-            entries = sorted(os.listdir(folder))
+            entries = os.listdir(folder)  # unsorted: the order importlib.metadata sees too
         except OSError:
             continue
         for entry in entries:
-            if not entry.endswith(_SUFFIXES):
+            if not entry.lower().endswith(_SUFFIXES):
                 continue
             short = _folder_name(entry)
             if short is None or _normalise(short) in seen:
                 continue
             dist_folder = os.path.join(folder, entry)
+            seen.add(_normalise(short))
             try:
                 with open(os.path.join(dist_folder, "entry_points.txt"), encoding="utf-8") as f:
                     text = f.read()
-            except OSError:
-                seen.add(_normalise(short))
+            except (OSError, ValueError):  # none, unreadable, or not UTF-8: nothing for us
                 continue
-            seen.add(_normalise(short))
             pairs = list(_section(text, group))
             if not pairs:
                 continue
-            name, version = _headers(dist_folder)
-            found += [PluginEntryPoint(n, v, name or short, version) for n, v in pairs]
+            try:
+                name, version = _headers(dist_folder)
+            except ValueError:  # metadata that is not UTF-8
+                name, version = None, None
+            found += [PluginEntryPoint(n, v, name, version) for n, v in pairs]
     return found
 
 
-def _standard(group: str) -> list[PluginEntryPoint]:
-    from importlib.metadata import entry_points as standard_entry_points
+def _standard(group: str, paths: list[str]) -> list[PluginEntryPoint]:
+    from importlib.metadata import distributions
 
-    return [
-        PluginEntryPoint(
-            ep.name,
-            ep.value,
-            ep.dist.name if ep.dist is not None else None,
-            ep.dist.version if ep.dist is not None else None,
-        )
-        for ep in standard_entry_points(group=group)
-    ]
+    found: list[PluginEntryPoint] = []
+    seen: set[str] = set()
+    for dist in distributions(path=paths):
+        try:
+            name = dist.metadata["Name"]
+            key = _normalise(name or "")
+            if key in seen:
+                continue
+            seen.add(key)
+            points = [ep for ep in dist.entry_points if ep.group == group]
+            found += [PluginEntryPoint(ep.name, ep.value, name, dist.version) for ep in points]
+        except (OSError, ValueError, TypeError):  # one unreadable package must not stop rick
+            continue
+    return found

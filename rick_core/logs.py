@@ -130,7 +130,13 @@ def redact_processor(logger: WrappedLogger, method_name: str, event_dict: EventD
 
 
 def _redact_key(key: Any, pattern: re.Pattern[str]) -> Any:
-    return pattern.sub(REDACTED, key) if isinstance(key, str) else key
+    if isinstance(key, str):
+        return pattern.sub(REDACTED, key)
+    # a tuple key such as (account, token) is rendered with repr() by the JSON fallback
+    for text in (str(key), repr(key)):
+        if pattern.search(text):
+            return pattern.sub(REDACTED, text)
+    return key
 
 
 def _redact_value(value: Any, pattern: re.Pattern[str], depth: int) -> Any:

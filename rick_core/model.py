@@ -63,6 +63,7 @@ __all__ = [
     "new_client_order_id",
     "to_json",
     "to_jsonable",
+    "to_utc",
     "utc_now",
 ]
 
@@ -189,7 +190,7 @@ def _to_optional_decimal(value: Decimal | int | str | None) -> Decimal | None:
     return None if value is None else _to_decimal(value)
 
 
-def _to_utc(value: datetime | str) -> datetime:
+def to_utc(value: datetime | str) -> datetime:
     """Aware datetime (or ISO 8601 text with an offset) normalised to UTC."""
     if type(value) is datetime and value.tzinfo is UTC:  # the hot path
         return value
@@ -209,7 +210,7 @@ def _to_utc(value: datetime | str) -> datetime:
 
 
 def _to_optional_utc(value: datetime | str | None) -> datetime | None:
-    return None if value is None else _to_utc(value)
+    return None if value is None else to_utc(value)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Decimal) -> None:
@@ -397,7 +398,7 @@ class Quote:
     instrument: str = field(validator=_symbol)
     bid: Decimal = field(converter=_to_decimal, validator=_positive)
     ask: Decimal = field(converter=_to_decimal, validator=_positive)
-    time: datetime = field(converter=_to_utc)
+    time: datetime = field(converter=to_utc)
     source: str = field(validator=_non_empty)
     bid_size: Decimal | None = field(
         default=None, converter=_to_optional_decimal, validator=_optional(_non_negative)
@@ -532,8 +533,8 @@ class Order:
     average_fill_price: Decimal | None = field(
         default=None, converter=_to_optional_decimal, validator=_optional(_positive)
     )
-    created_at: datetime = field(factory=utc_now, converter=_to_utc)
-    updated_at: datetime = field(factory=utc_now, converter=_to_utc)
+    created_at: datetime = field(factory=utc_now, converter=to_utc)
+    updated_at: datetime = field(factory=utc_now, converter=to_utc)
     reject_reason: str | None = field(default=None, validator=_optional_str)
 
     def __attrs_post_init__(self) -> None:
@@ -580,7 +581,7 @@ class Fill:
     side: Side = field(converter=_side)
     quantity: Decimal = field(converter=_to_decimal, validator=_positive)
     price: Decimal = field(converter=_to_decimal, validator=_positive)
-    time: datetime = field(converter=_to_utc)
+    time: datetime = field(converter=to_utc)
     broker: str = field(validator=_non_empty)
     fee: Decimal = field(default=Decimal(0), converter=_to_decimal)
     fee_currency: str = field(default="", validator=_str)
@@ -626,7 +627,7 @@ class Account:
     equity: Decimal = field(converter=_to_decimal)
     margin_used: Decimal = field(default=Decimal(0), converter=_to_decimal, validator=_non_negative)
     margin_available: Decimal = field(default=Decimal(0), converter=_to_decimal)
-    time: datetime = field(factory=utc_now, converter=_to_utc)
+    time: datetime = field(factory=utc_now, converter=to_utc)
 
     @property
     def unrealized_pnl(self) -> Decimal:

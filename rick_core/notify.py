@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from attrs import field, frozen
 
 from rick_core.components import ComponentSetup
-from rick_core.model import utc_now
+from rick_core.model import to_utc, utc_now
 
 __all__ = ["Level", "Notification", "Notifier", "NotifierFactory"]
 
@@ -35,7 +35,7 @@ class Notification:
     title: str
     text: str = ""
     level: Level = field(default=Level.INFO, converter=Level)
-    time: datetime = field(factory=utc_now)
+    time: datetime = field(factory=utc_now, converter=to_utc)
     data: Mapping[str, Any] = field(factory=dict)
 
 

@@ -297,6 +297,7 @@ def _load_plugins(
         _register(pm, info, functools.partial(importlib.import_module, module_name))
         plugins.append(info)
 
+    taken: dict[str, PluginInfo] = {}
     for ep in sorted(found, key=lambda e: (e.name, e.value)):
         dist = ep.distribution
         info = PluginInfo(
@@ -307,6 +308,18 @@ def _load_plugins(
         if reason is not None:
             info.status, info.error = "disabled", reason
             continue
+        earlier = taken.get(ep.name)
+        if earlier is not None:
+            info.status, info.error = (
+                "failed",
+                (
+                    f"the plugin name {ep.name!r} is also the entry point of "
+                    f"{earlier.distribution} {earlier.version}, loaded first; two installed "
+                    f"distributions claim it: uninstall one (pip uninstall {dist or ep.value})"
+                ),
+            )
+            continue
+        taken[ep.name] = info
         _register(pm, info, ep.load)
 
     for name, obj in extra:

@@ -31,16 +31,17 @@ async def test_log_notifier_writes_notifications_at_their_level(log_stream: io.S
     )
     await notifier.send(Notification(title="heartbeat"))  # below min_level: dropped
     await notifier.send(
-        Notification(title="order rejected", text="margin", level="critical", data={"id": "rk1"})
+        Notification(
+            title="order rejected",
+            text="margin",
+            level="critical",
+            data={"id": "rk1", "text": "collides", "event": "collides too"},
+        )
     )
     (record,) = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     assert record["event"] == "order rejected"
-    assert (record["level"], record["notifier"], record["text"], record["id"]) == (
-        "critical",
-        "desk",
-        "margin",
-        "rk1",
-    )
+    assert (record["level"], record["notifier"], record["text"]) == ("critical", "desk", "margin")
+    assert record["data"] == {"id": "rk1", "text": "collides", "event": "collides too"}
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,22 @@ def test_log_notifier_refuses_bad_options(options: dict[str, str], message: str)
         ComponentInvalid, match=rf"^rick.toml \[notifiers.desk\]: ValueError: .*{message}"
     ):
         load_plugins({}, entry_points=()).build("notifier", "log", setup)
+
+
+def test_notification_and_audit_times_are_utc() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from rick_core.model import ModelError
+    from rick_core.security.records import Actor, AuditRecord
+
+    paris = timezone(timedelta(hours=1))
+    note = Notification(title="x", time=datetime(2026, 1, 1, 13, 0, tzinfo=paris))
+    assert note.time.utcoffset() == timedelta(0) and note.time.hour == 12
+    with pytest.raises(ModelError, match="naive datetime"):
+        Notification(title="x", time=datetime(2026, 1, 1, 12, 0))
+    with pytest.raises(ModelError, match="naive datetime"):
+        AuditRecord(
+            type="ENGINE_STARTED",
+            actor=Actor("system", "rick", "engine"),
+            time=datetime(2026, 1, 1, 12, 0),
+        )

@@ -16,7 +16,14 @@ from rick_core.config import default_config_text
 
 
 @pytest.fixture
-def runner() -> CliRunner:
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CLI runner whose rick sees only the built-in plugins, whatever is installed."""
+    from rick_core import plugins
+
+    real = plugins.load_plugins
+    monkeypatch.setattr(
+        plugins, "load_plugins", lambda *a, **kw: real(*a, **{"entry_points": (), **kw})
+    )
     return CliRunner()
 
 

@@ -84,8 +84,95 @@ def test_load_resolves_module_attribute_paths() -> None:
         PluginEntryPoint("x", "no_such_module_here").load()
 
 
+def standard_keys_on(group: str, path: list[str]) -> set[tuple[str, str, str | None, str | None]]:
+    from importlib.metadata import distributions
+
+    return {
+        (ep.name, ep.value, dist.metadata["Name"], dist.version)
+        for dist in distributions(path=path)
+        for ep in dist.entry_points
+        if ep.group == group
+    }
+
+
 def test_a_zip_on_the_path_hands_over_to_the_standard_library(tmp_path: Path) -> None:
+    import zipfile
+
     archive = tmp_path / "bundle.zip"
-    archive.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip archive
-    ours = {ep.key() for ep in entry_points("console_scripts", [str(archive), *sys.path])}
-    assert ours == standard_keys("console_scripts")
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("rick_zip-1.0.dist-info/METADATA", "Name: rick-zip\nVersion: 1.0\n")
+        bundle.writestr("rick_zip-1.0.dist-info/entry_points.txt", "[rick]\nzipped = rick_zip\n")
+    ours = {ep.key() for ep in entry_points("rick", [str(archive)])}
+    assert ours == {("zipped", "rick_zip", "rick-zip", "1.0")}
+    assert ours == standard_keys_on("rick", [str(archive)])
+
+
+def test_an_egg_folder_on_the_path_hands_over_too(tmp_path: Path) -> None:
+    egg = tmp_path / "rick_egg-1.0-py3.11.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "PKG-INFO").write_text("Name: rick-egg\nVersion: 1.0\n")
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[rick]\negg = rick_egg\n")
+    ours = {ep.key() for ep in entry_points("rick", [str(egg)])}
+    assert ours == {("egg", "rick_egg", "rick-egg", "1.0")}
+    assert ours == standard_keys_on("rick", [str(egg)])
+
+
+def test_an_import_hook_that_provides_distributions_hands_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import PathDistribution
+
+    hooked = tmp_path / "hooked" / "rick_hooked-3.0.dist-info"
+    hooked.mkdir(parents=True)
+    (hooked / "METADATA").write_text("Name: rick-hooked\nVersion: 3.0\n")
+    (hooked / "entry_points.txt").write_text("[rick]\nhooked = rick_hooked\n")
+
+    class Provider:  # what pex or PyInstaller install on sys.meta_path
+        @staticmethod
+        def find_spec(*args: object) -> None:
+            return None
+
+        @staticmethod
+        def find_distributions(context: object = None) -> list[PathDistribution]:
+            return [PathDistribution(hooked)]
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, Provider])
+    ours = {ep.key() for ep in entry_points("rick")}
+    assert ("hooked", "rick_hooked", "rick-hooked", "3.0") in ours
+    assert ours == standard_keys("rick")
+
+
+def test_unreadable_metadata_is_skipped_not_fatal(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1-1.0.dist-info"
+    bad.mkdir()
+    (bad / "entry_points.txt").write_bytes(b"[rick]\ncaf\xe9 = rick_latin1\n")
+    good = tmp_path / "Rick_Good-2.0.DIST-INFO"  # suffixes in any case, headers in any case
+    good.mkdir()
+    (good / "METADATA").write_text("name: rick-good\nversion: 2.0\n")
+    (good / "entry_points.txt").write_text("[rick]\ngood = rick_good\n")
+    assert [ep.key() for ep in entry_points("rick", [str(tmp_path)])] == [
+        ("good", "rick_good", "rick-good", "2.0")
+    ]
+
+
+def test_rick_plugins_does_not_import_importlib_metadata_or_email() -> None:
+    import subprocess
+
+    code = (
+        "import sys, atexit\n"
+        "atexit.register(lambda: sys.stderr.write('\\nLOADED=' + ','.join(sorted("
+        "m for m in ('importlib.metadata', 'email') if m in sys.modules))))\n"
+        "from rick_core.cli import main\n"
+        "main(['plugins', '--json'])\n"
+    )
+    baseline = subprocess.run(
+        [sys.executable, "-c", "import sys; print('email' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if baseline.stdout.strip() == "True":
+        pytest.skip("this interpreter imports email at start-up (a .pth file does)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.rsplit("LOADED=", 1)[1] == ""

@@ -479,3 +479,13 @@ def test_values_json_cannot_encode_do_not_raise_into_the_caller(tmp_path: Path) 
     structlog.get_logger().info("positions", by_key={("EUR_USD", "oanda"): Decimal("1.5")})
     (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert record["by_key"] == {"('EUR_USD', 'oanda')": "1.5"}
+
+
+def test_a_secret_inside_a_non_string_key_is_redacted(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    configure_logging(home=tmp_path, console=False, stream=stream)
+    register_secret(SECRET)
+    structlog.get_logger().info("exposure", per_account={("acct-1", SECRET): 3})
+    assert SECRET not in stream.getvalue()
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["per_account"] == {"('acct-1', '***')": 3}

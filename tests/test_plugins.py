@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
 import pytest
 
+from rick_core.entrypoints import PluginEntryPoint
 from rick_core.hookspecs import hookimpl
 from rick_core.plugins import ComponentMissing, load_plugins
 
@@ -159,3 +161,50 @@ def test_a_plugin_exiting_during_registration_does_not_end_rick() -> None:
     plugin_set = load_plugins({}, entry_points=(), extra=[("quitter", plugin)])
     assert plugin_set.failed[0].error == "registration failed: SystemExit: plugin gave up"
     assert plugin_set.require("notifier", "log")  # the rest still works
+
+
+def _module_plugin(tmp_path: Path, name: str, source: str) -> None:
+    (tmp_path / f"{name}.py").write_text(source)
+
+
+def test_two_distributions_claiming_one_entry_point_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = "from rick_core.hookspecs import hookimpl\n"
+    _module_plugin(tmp_path, "rick_fx_a", source)
+    _module_plugin(tmp_path, "rick_fx_b", source)
+    found = [
+        PluginEntryPoint("fx", "rick_fx_b", "rick-fx-b", "2.0"),
+        PluginEntryPoint("fx", "rick_fx_a", "rick-fx-a", "1.0"),
+    ]
+    plugin_set = load_plugins({}, entry_points=found)
+    statuses = [(p.distribution, p.status) for p in plugin_set.plugins if not p.builtin]
+    assert statuses == [("rick-fx-a", "ok"), ("rick-fx-b", "failed")]
+    assert plugin_set.failed[0].error == (
+        "the plugin name 'fx' is also the entry point of rick-fx-a 1.0, loaded first; two "
+        "installed distributions claim it: uninstall one (pip uninstall rick-fx-b)"
+    )
+
+
+def test_ctrl_c_while_a_plugin_imports_is_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _module_plugin(tmp_path, "rick_slow_import", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        load_plugins({}, entry_points=[PluginEntryPoint("slow", "rick_slow_import")])
+
+
+def test_entry_points_load_in_name_order_not_distribution_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("rick_aaa", "rick_zzz"):
+        _module_plugin(tmp_path, name, "from rick_core.hookspecs import hookimpl\n")
+    found = [
+        PluginEntryPoint("zeta", "rick_aaa", "rick-aaa", "1"),
+        PluginEntryPoint("alpha", "rick_zzz", "rick-zzz", "1"),
+    ]
+    plugin_set = load_plugins({}, entry_points=found)
+    assert [p.name for p in plugin_set.plugins if not p.builtin] == ["alpha", "zeta"]

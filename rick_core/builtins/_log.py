@@ -34,6 +34,8 @@ class LogNotifier(Notifier):
             return
         log: Any = structlog.get_logger("rick.notify").bind(notifier=self.name)
         method = {Level.INFO: log.info, Level.WARNING: log.warning, Level.CRITICAL: log.critical}
+        # data goes under its own key: a data key named "text" or "event" must not
+        # collide with the log call's own arguments (send must not raise)
         method[notification.level](
-            notification.title, text=notification.text, **dict(notification.data)
+            notification.title, text=notification.text, data=dict(notification.data)
         )

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from attrs import field, frozen
 
 from rick_core.components import ComponentSetup
-from rick_core.model import utc_now
+from rick_core.model import to_utc, utc_now
 
 __all__ = ["Actor", "AuditRecord", "AuditSink", "AuditSinkFactory", "EventType", "Severity"]
 
@@ -70,7 +70,7 @@ class AuditRecord:
     type: EventType = field(converter=EventType)
     actor: Actor
     severity: Severity = field(default=Severity.INFO, converter=Severity)
-    time: datetime = field(factory=utc_now)
+    time: datetime = field(factory=utc_now, converter=to_utc)
     details: Mapping[str, Any] = field(factory=dict)
     sequence: int | None = None
     previous_hash: str | None = None
