@@ -111,3 +111,19 @@ def test_the_walkthrough_builds_installs_and_is_listed(tmp_path: Path) -> None:
     assert human.stdout == shown, "the output shown in step 4 is not what rick prints"
     said = subprocess.run([*run, "hello"], env=env, capture_output=True, text=True, check=True)
     assert said.stdout == "hello from rick-hello\n"
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```sh\n(.+?)\n```", text.split("\n---\n", 1)[0])
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_them_as_written() -> None:
+    commands = readme_commands()
+    assert len(commands) == 2, "README.md must open with install-and-run, then the test command"
+    install, test = commands
+    assert "tools/install.py" in install and "rick " in install
+    assert "nox" in test
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in commands:
+        assert f"\n{command} || status=$?\n" in ci, f".ci/run does not run: {command}"
