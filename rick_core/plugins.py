@@ -23,8 +23,6 @@ Environment variables (as in llm and tox):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
 import functools
 import importlib
 import inspect
@@ -91,30 +89,63 @@ class ComponentInvalid(ValueError):
     """A plugin's factory refused a configured component (bad options, usually)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# Plain classes rather than dataclasses or attrs: this module is on the start-up path
+# of every rick command, and generating those classes costs about a millisecond.
+
+
 class Component:
     """One registered thing: a broker, strategy, notifier, audit sink or command."""
 
-    kind: Kind
-    name: str
-    factory: Any
-    plugin: str
-    description: str = ""
+    __slots__ = ("description", "factory", "kind", "name", "plugin")
+
+    def __init__(
+        self, kind: Kind, name: str, factory: Any, plugin: str, description: str = ""
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.factory = factory
+        self.plugin = plugin
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"Component({self.kind!r}, {self.name!r}, plugin={self.plugin!r})"
 
 
-@dataclasses.dataclass(slots=True)
 class PluginInfo:
     """What ``rick plugins`` shows about one plugin."""
 
-    name: str
-    module: str
-    builtin: bool
-    distribution: str | None = None
-    version: str | None = None
-    status: Literal["ok", "failed", "disabled"] = "ok"
-    error: str | None = None
-    hooks: list[str] = dataclasses.field(default_factory=list)
-    registered: dict[Kind, list[str]] = dataclasses.field(default_factory=dict)
+    __slots__ = (
+        "builtin",
+        "distribution",
+        "error",
+        "hooks",
+        "module",
+        "name",
+        "registered",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        builtin: bool,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.builtin = builtin
+        self.distribution = distribution
+        self.version = version
+        self.status: Literal["ok", "failed", "disabled"] = "ok"
+        self.error: str | None = None
+        self.hooks: list[str] = []
+        self.registered: dict[Kind, list[str]] = {}
+
+    def __repr__(self) -> str:
+        return f"PluginInfo({self.name!r}, status={self.status!r}, error={self.error!r})"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -134,14 +165,16 @@ class _PluginFailed(Exception):
     """Internal: a plugin broke a rule while loading or registering."""
 
 
-@dataclasses.dataclass(slots=True)
 class PluginSet:
     """The outcome of :func:`load_plugins`: the manager, every plugin found and
     every component the healthy ones registered."""
 
-    manager: pluggy.PluginManager
-    plugins: list[PluginInfo]
-    components: dict[tuple[Kind, str], Component] = dataclasses.field(default_factory=dict)
+    __slots__ = ("components", "manager", "plugins")
+
+    def __init__(self, manager: pluggy.PluginManager, plugins: list[PluginInfo]) -> None:
+        self.manager = manager
+        self.plugins = plugins
+        self.components: dict[tuple[Kind, str], Component] = {}
 
     def of_kind(self, kind: Kind) -> dict[str, Component]:
         return {name: c for (k, name), c in sorted(self.components.items()) if k == kind}
@@ -199,6 +232,8 @@ class PluginSet:
         available = sorted(self.of_kind(kind))
         listing = ", ".join(available) if available else "(none)"
         lines.append(f"available {PLURALS[kind]}: {listing}")
+        import difflib  # only on this error path: start-up stays lean
+
         close = difflib.get_close_matches(name, available, n=1)
         if close:
             lines.append(f"did you mean {close[0]!r}?")
@@ -371,6 +406,8 @@ def _check_hookimpls(pm: pluggy.PluginManager, plugin: object) -> None:
     known = sorted(KINDS)
     for caller in pm.get_hookcallers(plugin) or ():
         if caller.spec is None:
+            import difflib
+
             close = difflib.get_close_matches(caller.name, known, n=1)
             hint = (
                 f"; did you mean {close[0]!r}?" if close else f"; known hooks: {', '.join(known)}"

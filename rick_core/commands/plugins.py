@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from rick_core.commands._common import current_plugin_set
@@ -22,6 +20,8 @@ def plugins(as_json: bool, show_all: bool) -> None:
     plugin_set = current_plugin_set()
     shown = [p for p in plugin_set.plugins if show_all or not p.builtin]
     if as_json:
+        import json
+
         click.echo(json.dumps([p.as_json() for p in shown], indent=2))
         return
     if not shown:
