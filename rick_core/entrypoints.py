@@ -22,7 +22,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 
-__all__ = ["PluginEntryPoint", "entry_points"]
+__all__ = ["PluginEntryPoint", "entry_points", "normalise_name"]
 
 _SUFFIXES = (".dist-info", ".egg-info")
 
@@ -56,7 +56,8 @@ class PluginEntryPoint:
         return f"PluginEntryPoint({self.name!r}, {self.value!r}, {self.distribution!r})"
 
 
-def _normalise(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """A name in its comparable form (PEP 503): ``Rick_FX`` -> ``rick-fx``."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -128,10 +129,10 @@ def entry_points(group: str, path: Iterable[str] | None = None) -> list[PluginEn
             if not entry.lower().endswith(_SUFFIXES):
                 continue
             short = _folder_name(entry)
-            if short is None or _normalise(short) in seen:
+            if short is None or (key := normalise_name(short)) in seen:
                 continue
+            seen.add(key)
             dist_folder = os.path.join(folder, entry)
-            seen.add(_normalise(short))
             try:
                 with open(os.path.join(dist_folder, "entry_points.txt"), encoding="utf-8") as f:
                     text = f.read()
@@ -156,7 +157,7 @@ def _standard(group: str, paths: list[str]) -> list[PluginEntryPoint]:
     for dist in distributions(path=paths):
         try:
             name = dist.metadata["Name"]
-            key = _normalise(name or "")
+            key = normalise_name(name or "")
             if key in seen:
                 continue
             seen.add(key)

@@ -94,15 +94,6 @@ class Side(_ValueEnum):
     BUY = "buy"
     SELL = "sell"
 
-    @property
-    def sign(self) -> int:
-        """+1 for a buy, -1 for a sell: the sign a fill of this side gives a position."""
-        return 1 if self is Side.BUY else -1
-
-    @property
-    def opposite(self) -> Side:
-        return Side.SELL if self is Side.BUY else Side.BUY
-
 
 class OrderType(_ValueEnum):
     MARKET = "market"
@@ -138,11 +129,6 @@ class OrderStatus(_ValueEnum):
     @property
     def is_final(self) -> bool:
         return self in _FINAL_STATUSES
-
-    @property
-    def is_working(self) -> bool:
-        """Live at the venue: may still fill."""
-        return self in (OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, OrderStatus.SUBMITTED)
 
 
 _FINAL_STATUSES: Final = frozenset(

@@ -37,6 +37,7 @@ import pluggy
 from rick_core import __version__, hookspecs
 from rick_core.entrypoints import PluginEntryPoint
 from rick_core.entrypoints import entry_points as _entry_points
+from rick_core.entrypoints import normalise_name
 
 if TYPE_CHECKING:
     from rick_core.components import ComponentSetup
@@ -242,25 +243,21 @@ class PluginSet:
         raise ComponentMissing("\n".join(lines))
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _names_match(component: str, plugin: PluginInfo) -> bool:
-    wanted = _normalise(component)
-    names = {_normalise(plugin.name)}
+    wanted = normalise_name(component)
+    names = {normalise_name(plugin.name)}
     if plugin.distribution:
-        dist = _normalise(plugin.distribution)
+        dist = normalise_name(plugin.distribution)
         names |= {dist, dist.removeprefix("rick-")}
     return wanted in names
 
 
 def _parse_list(value: str) -> set[str]:
-    return {_normalise(item.strip()) for item in value.split(",") if item.strip()}
+    return {normalise_name(item.strip()) for item in value.split(",") if item.strip()}
 
 
 def _skip_reason(ep: PluginEntryPoint, dist: str | None, environ: Mapping[str, str]) -> str | None:
-    names = {_normalise(ep.name)} | ({_normalise(dist)} if dist else set())
+    names = {normalise_name(ep.name)} | ({normalise_name(dist)} if dist else set())
     allow = environ.get("RICK_LOAD_PLUGINS")
     if allow is not None and not names & _parse_list(allow):
         return "not in RICK_LOAD_PLUGINS"

@@ -443,3 +443,10 @@ def test_write_default_config_refuses_to_overwrite_without_force(tmp_path: Path)
 
     write_default_config(path, force=True)
     assert path.read_text(encoding="utf-8") == default_config_text()
+
+
+def test_config_and_logging_accept_the_same_level_names() -> None:
+    from rick_core.config import LOG_LEVELS
+    from rick_core.logs import LEVELS
+
+    assert tuple(LEVELS) == LOG_LEVELS
