@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pluggy
 
 from rick_core import __version__, hookspecs
-from rick_core.entrypoints import PluginEntryPoint
+from rick_core.entrypoints import PluginEntryPoint, normalise_name
 from rick_core.entrypoints import entry_points as _entry_points
-from rick_core.entrypoints import normalise_name
 
 if TYPE_CHECKING:
     from rick_core.components import ComponentSetup
