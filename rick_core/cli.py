@@ -26,6 +26,11 @@ CORE_COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "check": ("rick_core.commands.check", "check", "Validate the config and the plugins it needs."),
     "init": ("rick_core.commands.init", "init", "Write a commented default rick.toml."),
     "plugins": ("rick_core.commands.plugins", "plugins", "List installed plugins and their hooks."),
+    "run": ("rick_core.commands.run", "run", "Run the strategies (paper trading by default)."),
+    "orders": ("rick_core.commands.orders", "orders", "List stored orders, newest last."),
+    "fills": ("rick_core.commands.fills", "fills", "List stored fills, newest last."),
+    "positions": ("rick_core.commands.positions", "positions", "Show net positions from fills."),
+    "pnl": ("rick_core.commands.pnl", "pnl", "Show realized P&L, fees, volume and equity."),
 }
 
 

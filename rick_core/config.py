@@ -196,7 +196,8 @@ def load_config(path: Path | None, *, home: Path) -> RickConfig:
         ConfigError: the file cannot be read, is not TOML, or holds a bad value.
     """
     if path is None:
-        return _build(_Table(DEFAULTS_SOURCE, "", {}), source=None, home=home)
+        data = tomllib.loads(default_config_text(), parse_float=Decimal)
+        return _build(_Table(DEFAULTS_SOURCE, "", data), source=None, home=home)
     try:
         with path.open("rb") as f:
             data = tomllib.load(f, parse_float=Decimal)

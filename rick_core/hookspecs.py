@@ -29,18 +29,17 @@ plugins load first, so a third party cannot take over a built-in name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import click
 
     from rick_core.broker import BrokerFactory
     from rick_core.notify import NotifierFactory
     from rick_core.security.records import AuditSinkFactory
+    from rick_core.strategy import StrategyFactory
 
 __all__ = [
     "PROJECT",
@@ -88,12 +87,13 @@ def register_brokers(register: Register[BrokerFactory]) -> None:
 
 
 @hookspec
-def register_strategies(register: Register[Callable[..., Any]]) -> None:
+def register_strategies(register: Register[StrategyFactory]) -> None:
     """Register strategies.
 
     Call ``register(name, factory)`` once per strategy; ``[strategies.<x>]``
-    tables with ``kind = name`` run it. ``factory`` is usually the strategy
-    class itself.
+    tables with ``kind = name`` run it. ``factory(setup)`` receives a
+    :class:`rick_core.strategy.StrategySetup` and returns a
+    :class:`rick_core.strategy.Strategy`; it is usually the strategy class itself.
     """
 
 

@@ -56,7 +56,10 @@ __all__ = [
 
 ENTRY_POINT_GROUP: Final = "rick"
 
-BUILTIN_PLUGINS: Final[tuple[str, ...]] = ("rick_core.builtins.log_notifier",)
+BUILTIN_PLUGINS: Final[tuple[str, ...]] = (
+    "rick_core.builtins.log_notifier",
+    "rick_core.builtins.paper_plugin",
+)
 """Modules registered as plugins before any entry point, in this order."""
 
 Kind = Literal["broker", "strategy", "notifier", "audit_sink", "command"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,11 +29,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar, cast
 
+import attrs
 from sqlite_utils import Database
 
-from rick_core.model import Fill, Order, OrderRequest, OrderStatus
+from rick_core.model import Account, Fill, Order, OrderRequest, OrderStatus
 
-__all__ = ["MIGRATIONS", "Migration", "SchemaTooNewError", "Store", "StoreError"]
+__all__ = [
+    "MIGRATIONS",
+    "AccountSnapshot",
+    "Migration",
+    "SchemaTooNewError",
+    "Store",
+    "StoreError",
+]
 
 
 class StoreError(Exception):
@@ -142,7 +150,33 @@ def _create_orders_and_fills(db: Database) -> None:
     fills.create_index(["client_order_id"])
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "orders and fills", _create_orders_and_fills),)
+def _add_strategies_and_accounts(db: Database) -> None:
+    # NULL strategy: an order rick did not place (a venue's stop-loss close, a
+    # margin close-out, an order placed by hand), recorded from the venue's reports.
+    db.execute("ALTER TABLE orders ADD COLUMN [strategy] TEXT")
+    db.execute("CREATE INDEX [idx_orders_strategy] ON [orders] ([strategy])")
+    # The latest snapshot per broker, plus the equity first seen (kept on update).
+    db.execute(
+        """
+        CREATE TABLE [accounts] (
+            [broker] TEXT NOT NULL PRIMARY KEY,
+            [currency] TEXT NOT NULL,
+            [balance] TEXT NOT NULL,
+            [equity] TEXT NOT NULL,
+            [margin_used] TEXT NOT NULL,
+            [margin_available] TEXT NOT NULL,
+            [time] TEXT NOT NULL,
+            [first_equity] TEXT NOT NULL,
+            [first_time] TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "orders and fills", _create_orders_and_fills),
+    Migration(2, "order strategies and account snapshots", _add_strategies_and_accounts),
+)
 """Every schema step, in order; versions are 1, 2, 3, ... with no gaps."""
 
 
@@ -234,41 +268,52 @@ def _migrate(db: Database, path: Path, migrations: tuple[Migration, ...]) -> Non
 
 # ---------------------------------------------------------------------------
 # rows <-> model values
-
-
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+#
+# The write path (insert_order, record) runs for every order event, so rows are
+# plain tuples bound to SQL built once, here, rather than dicts fed to the
+# sqlite-utils table API.
 
 
 def _time_text(value: datetime | None) -> str | None:
     # Fixed microsecond precision keeps text order equal to time order.
-    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
 
 
-def _order_row(order: Order) -> dict[str, str | None]:
+def _order_values(order: Order) -> tuple[str | None, ...]:
+    """An order's column values, in :data:`_ORDER_COLUMNS` order."""
     request = order.request
-    return {
-        "client_order_id": request.client_order_id,
-        "broker": order.broker,
-        "instrument": request.instrument,
-        "side": request.side.value,
-        "quantity": _text(request.quantity),
-        "type": request.type.value,
-        "limit_price": _text(request.limit_price),
-        "stop_price": _text(request.stop_price),
-        "time_in_force": request.time_in_force.value,
-        "expire_time": _time_text(request.expire_time),
-        "stop_loss": _text(request.stop_loss),
-        "take_profit": _text(request.take_profit),
-        "tag": request.tag,
-        "status": order.status.value,
-        "venue_order_id": order.venue_order_id,
-        "filled_quantity": _text(order.filled_quantity),
-        "average_fill_price": _text(order.average_fill_price),
-        "created_at": _time_text(order.created_at),
-        "updated_at": _time_text(order.updated_at),
-        "reject_reason": order.reject_reason,
-    }
+    limit_price = request.limit_price
+    stop_price = request.stop_price
+    expire_time = request.expire_time
+    stop_loss = request.stop_loss
+    take_profit = request.take_profit
+    average_fill_price = order.average_fill_price
+    return (
+        request.client_order_id,
+        order.broker,
+        request.instrument,
+        request.side.value,
+        str(request.quantity),
+        request.type.value,
+        None if limit_price is None else str(limit_price),
+        None if stop_price is None else str(stop_price),
+        request.time_in_force.value,
+        None if expire_time is None else _time_text(expire_time),
+        None if stop_loss is None else str(stop_loss),
+        None if take_profit is None else str(take_profit),
+        request.tag,
+        order.status.value,
+        order.venue_order_id,
+        str(order.filled_quantity),
+        None if average_fill_price is None else str(average_fill_price),
+        _time_text(order.created_at),
+        _time_text(order.updated_at),
+        order.reject_reason,
+    )
 
 
 def _order_from_row(row: Mapping[str, Any]) -> Order:
@@ -300,20 +345,21 @@ def _order_from_row(row: Mapping[str, Any]) -> Order:
     )
 
 
-def _fill_row(fill: Fill) -> dict[str, str | None]:
-    return {
-        "broker": fill.broker,
-        "fill_id": fill.fill_id,
-        "client_order_id": fill.client_order_id,
-        "instrument": fill.instrument,
-        "side": fill.side.value,
-        "quantity": _text(fill.quantity),
-        "price": _text(fill.price),
-        "time": _time_text(fill.time),
-        "fee": _text(fill.fee),
-        "fee_currency": fill.fee_currency,
-        "venue_order_id": fill.venue_order_id,
-    }
+def _fill_values(fill: Fill) -> tuple[str | None, ...]:
+    """A fill's column values, in :data:`_FILL_COLUMNS` order."""
+    return (
+        fill.broker,
+        fill.fill_id,
+        fill.client_order_id,
+        fill.instrument,
+        fill.side.value,
+        str(fill.quantity),
+        str(fill.price),
+        _time_text(fill.time),
+        str(fill.fee),
+        fill.fee_currency,
+        fill.venue_order_id,
+    )
 
 
 def _fill_from_row(row: Mapping[str, Any]) -> Fill:
@@ -321,6 +367,90 @@ def _fill_from_row(row: Mapping[str, Any]) -> Fill:
 
 
 _WORKING_STATUSES = tuple(s.value for s in OrderStatus if not s.is_final)
+
+_MUTABLE_ORDER_COLUMNS = (
+    "status",
+    "venue_order_id",
+    "filled_quantity",
+    "average_fill_price",
+    "updated_at",
+    "reject_reason",
+    "stop_loss",
+    "take_profit",
+)
+"""What an order update may change; the rest of the request is fixed once stored."""
+
+_FIXED_ORDER_COLUMNS = tuple(
+    c for c in _ORDER_COLUMNS if c not in _MUTABLE_ORDER_COLUMNS and c != "client_order_id"
+)
+
+
+def _param(column: str) -> str:
+    """``?N``: the SQL parameter of ``column`` in an :func:`_order_values` tuple."""
+    return f"?{_ORDER_COLUMNS.index(column) + 1}"
+
+
+# Numbered parameters let the INSERT and the UPDATE bind the same values tuple.
+_INSERT_ORDER_SQL = (
+    f"INSERT INTO orders ({', '.join(f'[{c}]' for c in (*_ORDER_COLUMNS, 'strategy'))}) "
+    f"VALUES ({', '.join(f'?{i}' for i in range(1, len(_ORDER_COLUMNS) + 2))})"
+)
+_UPDATE_ORDER_SQL = (
+    "UPDATE orders SET "
+    + ", ".join(f"[{c}] = {_param(c)}" for c in _MUTABLE_ORDER_COLUMNS)
+    + f" WHERE client_order_id = {_param('client_order_id')} AND "
+    + " AND ".join(f"[{c}] IS {_param(c)}" for c in _FIXED_ORDER_COLUMNS)
+)
+_ORDER_BY_ID_SQL = "SELECT * FROM orders WHERE client_order_id = ?"
+_INSERT_FILL_SQL = (
+    f"INSERT OR IGNORE INTO fills ({', '.join(f'[{c}]' for c in _FILL_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _FILL_COLUMNS)})"
+)
+_SAVE_ACCOUNT_SQL = """
+INSERT INTO accounts (broker, currency, balance, equity, margin_used, margin_available, time,
+                      first_equity, first_time)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4, ?7)
+ON CONFLICT (broker) DO UPDATE SET
+    currency = excluded.currency,
+    balance = excluded.balance,
+    equity = excluded.equity,
+    margin_used = excluded.margin_used,
+    margin_available = excluded.margin_available,
+    time = excluded.time,
+    first_equity = iif(currency = excluded.currency, first_equity, excluded.first_equity),
+    first_time = iif(currency = excluded.currency, first_time, excluded.first_time)
+WHERE excluded.time >= time
+"""
+
+
+@attrs.frozen
+class AccountSnapshot:
+    """The latest stored snapshot of a broker account, and the equity rick first saw.
+
+    ``first_equity`` and ``first_time`` come from the first snapshot ever saved
+    for the broker (or the first after its account currency changed).
+    """
+
+    account: Account
+    first_equity: Decimal
+    first_time: datetime
+
+    @property
+    def equity_change(self) -> Decimal:
+        """Equity now minus equity first seen, in the account currency."""
+        return self.account.equity - self.first_equity
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _newest(sql: str, order_by: str, descending: str, limit: int | None) -> str:
+    """``sql`` ordered oldest first; with ``limit``, only the newest ``limit`` rows of it."""
+    if limit is None:
+        return f"{sql} ORDER BY {order_by}"
+    return f"SELECT * FROM ({sql} ORDER BY {descending} LIMIT {int(limit)}) ORDER BY {order_by}"
 
 
 # ---------------------------------------------------------------------------
@@ -339,19 +469,6 @@ def _locked(method: F) -> F:
             return method(self, *args, **kwargs)
 
     return cast(F, locked)
-
-
-_MUTABLE_ORDER_COLUMNS = (
-    "status",
-    "venue_order_id",
-    "filled_quantity",
-    "average_fill_price",
-    "updated_at",
-    "reject_reason",
-    "stop_loss",
-    "take_profit",
-)
-"""What an order update may change; the rest of the request is fixed once stored."""
 
 
 class Store:
@@ -403,6 +520,18 @@ class Store:
             raise
         return cls(db, path)
 
+    @classmethod
+    def open_existing(cls, path: Path) -> Self | None:
+        """Like :meth:`open`, but None if there is no file at ``path``: never creates one.
+
+        For commands that only read. An up-to-date store is not written to; an
+        older one is migrated, as by every other command.
+        """
+        path = Path(path)
+        if not path.is_file():
+            return None
+        return cls.open(path)
+
     @_locked
     def close(self) -> None:
         """Close the connection. Everything written is already committed."""
@@ -429,16 +558,26 @@ class Store:
 
     # -- orders --------------------------------------------------------------
 
-    @_locked
-    def insert_order(self, order: Order) -> None:
-        """Store a new order. Raises :class:`StoreError` if its client order id is taken."""
-        try:
-            self._db.table("orders").insert(_order_row(order))
-        except sqlite3.IntegrityError:
-            raise StoreError(
-                f"{self.path}: order {order.client_order_id} is already stored; "
-                "use update_order to change it"
-            ) from None
+    def insert_order(self, order: Order, *, strategy: str | None = None) -> None:
+        """Store a new order placed by ``strategy`` (None: not placed by a rick strategy).
+
+        Raises :class:`StoreError` if its client order id is taken.
+        """
+        values = (*_order_values(order), strategy)
+        with self._lock:
+            conn = self._db.conn
+            try:
+                conn.execute(_INSERT_ORDER_SQL, values)
+            except sqlite3.IntegrityError:
+                conn.rollback()
+                raise StoreError(
+                    f"{self.path}: order {order.client_order_id} is already stored; "
+                    "use update_order to change it"
+                ) from None
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     @_locked
     def update_order(self, order: Order) -> None:
@@ -449,31 +588,30 @@ class Store:
         :class:`StoreError` if no order with that id is stored, or if the rest
         of ``order`` differs from what is stored: a stored request never changes.
         """
-        row = _order_row(order)
-        del row["client_order_id"]
+        values = _order_values(order)
+        conn = self._db.conn
+        try:
+            updated = conn.execute(_UPDATE_ORDER_SQL, values).rowcount == 1
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        if not updated:
+            raise self._refusal(order, values)
+
+    def _refusal(self, order: Order, values: tuple[str | None, ...]) -> StoreError:
+        """Why ``order`` (with column ``values``) cannot update the stored order."""
         client_order_id = order.client_order_id
-        fixed = [c for c in row if c not in _MUTABLE_ORDER_COLUMNS]
-        with self._db.atomic():
-            cursor = self._db.execute(
-                "UPDATE orders SET "
-                + ", ".join(f"[{c}] = ?" for c in _MUTABLE_ORDER_COLUMNS)
-                + " WHERE client_order_id = ? AND "
-                + " AND ".join(f"[{c}] IS ?" for c in fixed),
-                [row[c] for c in _MUTABLE_ORDER_COLUMNS]
-                + [client_order_id]
-                + [row[c] for c in fixed],
-            )
-            if cursor.rowcount == 1:
-                return
-            stored = self.get_order(client_order_id)
-        if stored is None:
-            raise StoreError(
+        stored = self._db.conn.execute(_ORDER_BY_ID_SQL, (client_order_id,))
+        found = _rows(stored)
+        if not found:
+            return StoreError(
                 f"{self.path}: cannot update order {client_order_id}: it is not stored; "
                 "use insert_order first"
             )
-        stored_row = _order_row(stored)
-        changed = sorted(c for c in fixed if stored_row[c] != row[c])
-        raise StoreError(
+        row = dict(zip(_ORDER_COLUMNS, values, strict=True))
+        changed = sorted(c for c in _FIXED_ORDER_COLUMNS if found[0][c] != row[c])
+        return StoreError(
             f"{self.path}: cannot update order {client_order_id}: {', '.join(changed)} "
             "differ from the stored order, and a stored request never changes"
         )
@@ -481,29 +619,79 @@ class Store:
     @_locked
     def get_order(self, client_order_id: str) -> Order | None:
         """The stored order with this client order id, or None."""
-        rows = self._db.table("orders").rows_where("client_order_id = ?", [client_order_id])
-        row = next(iter(rows), None)
-        return None if row is None else _order_from_row(row)
+        found = _rows(self._db.conn.execute(_ORDER_BY_ID_SQL, (client_order_id,)))
+        return _order_from_row(found[0]) if found else None
 
     @_locked
-    def orders(self, *, broker: str | None = None, open_only: bool = False) -> list[Order]:
+    def strategy_of(self, client_order_id: str) -> str | None:
+        """The strategy that placed this order; None if no strategy did or it is not stored."""
+        row = self._db.conn.execute(
+            "SELECT strategy FROM orders WHERE client_order_id = ?", (client_order_id,)
+        ).fetchone()
+        return None if row is None else cast(str | None, row[0])
+
+    @_locked
+    def orders(
+        self,
+        *,
+        broker: str | None = None,
+        open_only: bool = False,
+        strategy: str | None = None,
+        instrument: str | None = None,
+        limit: int | None = None,
+    ) -> list[Order]:
         """Stored orders, oldest first (by ``created_at``, then client order id).
 
-        ``broker`` keeps one broker's orders; ``open_only`` keeps the orders not in
-        a final state (pending, submitted, open, partially filled).
+        Each filter given keeps only the matching orders: ``broker``, ``strategy``
+        (the strategy that placed the order), ``instrument``, and ``open_only`` for
+        the orders not in a final state (pending, submitted, open, partially
+        filled). ``limit`` keeps the newest ``limit`` of them, still oldest first.
         """
+        return [
+            order
+            for order, _ in self.orders_with_strategy(
+                broker=broker,
+                open_only=open_only,
+                strategy=strategy,
+                instrument=instrument,
+                limit=limit,
+            )
+        ]
+
+    @_locked
+    def orders_with_strategy(
+        self,
+        *,
+        broker: str | None = None,
+        open_only: bool = False,
+        strategy: str | None = None,
+        instrument: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[Order, str | None]]:
+        """Like :meth:`orders`, each order with the strategy that placed it (or None)."""
         where: list[str] = []
         params: list[str] = []
-        if broker is not None:
-            where.append("broker = ?")
-            params.append(broker)
+        for column, value in (("broker", broker), ("strategy", strategy)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if instrument is not None:
+            where.append("instrument = ?")
+            params.append(instrument)
         if open_only:
             where.append(f"status IN ({', '.join('?' for _ in _WORKING_STATUSES)})")
             params.extend(_WORKING_STATUSES)
-        rows = self._db.table("orders").rows_where(
-            " AND ".join(where) or None, params, order_by="created_at, client_order_id"
+        sql = "SELECT * FROM orders" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql = _newest(
+            sql,
+            "created_at, client_order_id",
+            "created_at DESC, client_order_id DESC",
+            limit,
         )
-        return [_order_from_row(row) for row in rows]
+        return [
+            (_order_from_row(row), row["strategy"])
+            for row in _rows(self._db.conn.execute(sql, params))
+        ]
 
     # -- fills ---------------------------------------------------------------
 
@@ -514,23 +702,156 @@ class Store:
         Venues repeat fills (reconnects, reconciliation), so a repeat is a no-op
         and the fill first stored is kept.
         """
-        row = _fill_row(fill)
-        columns = list(row)
-        with self._db.atomic():
-            cursor = self._db.execute(
-                f"INSERT OR IGNORE INTO fills ({', '.join(f'[{c}]' for c in columns)}) "
-                f"VALUES ({', '.join('?' for _ in columns)})",
-                [row[c] for c in columns],
-            )
-        return cursor.rowcount == 1
+        conn = self._db.conn
+        try:
+            new = conn.execute(_INSERT_FILL_SQL, _fill_values(fill)).rowcount == 1
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return new
 
     @_locked
-    def fills(self, *, client_order_id: str | None = None) -> list[Fill]:
-        """Stored fills in time order (then in the order stored), optionally of one order."""
-        if client_order_id is None:
-            rows = self._db.table("fills").rows_where(order_by="time, rowid")
-        else:
-            rows = self._db.table("fills").rows_where(
-                "client_order_id = ?", [client_order_id], order_by="time, rowid"
+    def fills(
+        self,
+        *,
+        client_order_id: str | None = None,
+        broker: str | None = None,
+        strategy: str | None = None,
+        instrument: str | None = None,
+        limit: int | None = None,
+    ) -> list[Fill]:
+        """Stored fills in time order (then in the order stored).
+
+        Each filter given keeps only the matching fills: ``client_order_id``,
+        ``broker``, ``instrument``, and ``strategy``, the strategy of the stored
+        order the fill belongs to. ``limit`` keeps the newest ``limit`` of them.
+        """
+        return [
+            fill
+            for fill, _ in self.fills_with_strategy(
+                client_order_id=client_order_id,
+                broker=broker,
+                strategy=strategy,
+                instrument=instrument,
+                limit=limit,
             )
-        return [_fill_from_row(row) for row in rows]
+        ]
+
+    @_locked
+    def fills_with_strategy(
+        self,
+        *,
+        client_order_id: str | None = None,
+        broker: str | None = None,
+        strategy: str | None = None,
+        instrument: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[Fill, str | None]]:
+        """Like :meth:`fills`, each fill with the strategy of its order (None if no
+        strategy placed it, or the order is not stored)."""
+        where: list[str] = []
+        params: list[str] = []
+        for column, value in (
+            ("f.client_order_id", client_order_id),
+            ("f.broker", broker),
+            ("o.strategy", strategy),
+            ("f.instrument", instrument),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        # A fill belongs to the order with its client order id on the same broker.
+        sql = (
+            "SELECT f.*, o.strategy AS strategy, f.rowid AS seq FROM fills AS f "
+            "LEFT JOIN orders AS o "
+            "ON o.client_order_id = f.client_order_id AND o.broker = f.broker"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+        )
+        sql = _newest(sql, "time, seq", "time DESC, seq DESC", limit)
+        return [
+            (_fill_from_row(row), row["strategy"])
+            for row in _rows(self._db.conn.execute(sql, params))
+        ]
+
+    # -- orders and fills together: the engine's hot path -------------------
+
+    def record(self, *, orders: Sequence[Order] = (), fills: Sequence[Fill] = ()) -> list[Fill]:
+        """Store what a venue reported, in one transaction; return the fills that were new.
+
+        Each order's new state is written as by :meth:`update_order`; an order not
+        stored yet is inserted with no strategy (venues report orders rick did not
+        place). Then each fill is stored once, as by :meth:`insert_fill`. If any
+        order changes a stored request, :class:`StoreError` is raised and nothing
+        at all is written.
+        """
+        if not orders and not fills:
+            return []
+        with self._lock:
+            conn = self._db.conn
+            execute = conn.execute
+            new: list[Fill] = []
+            execute("BEGIN IMMEDIATE")
+            try:
+                for order in orders:
+                    values = _order_values(order)
+                    if execute(_UPDATE_ORDER_SQL, values).rowcount != 1:
+                        if execute(_ORDER_BY_ID_SQL, (values[0],)).fetchone() is not None:
+                            raise self._refusal(order, values)
+                        execute(_INSERT_ORDER_SQL, (*values, None))
+                for fill in fills:
+                    if execute(_INSERT_FILL_SQL, _fill_values(fill)).rowcount == 1:
+                        new.append(fill)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return new
+
+    # -- accounts ------------------------------------------------------------
+
+    @_locked
+    def save_account(self, account: Account) -> None:
+        """Store ``account`` as its broker's latest snapshot.
+
+        The first snapshot saved for a broker is remembered as its first equity
+        and time (again after a change of account currency). A snapshot older
+        than the stored one is ignored.
+        """
+        conn = self._db.conn
+        values = (
+            account.broker,
+            account.currency,
+            str(account.balance),
+            str(account.equity),
+            str(account.margin_used),
+            str(account.margin_available),
+            _time_text(account.time),
+        )
+        try:
+            conn.execute(_SAVE_ACCOUNT_SQL, values)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    @_locked
+    def accounts(self) -> list[AccountSnapshot]:
+        """The latest snapshot of each broker's account, by broker name."""
+        rows = _rows(self._db.conn.execute("SELECT * FROM accounts ORDER BY broker"))
+        return [
+            AccountSnapshot(
+                account=Account(
+                    broker=row["broker"],
+                    currency=row["currency"],
+                    balance=row["balance"],
+                    equity=row["equity"],
+                    margin_used=row["margin_used"],
+                    margin_available=row["margin_available"],
+                    time=row["time"],
+                ),
+                first_equity=Decimal(row["first_equity"]),
+                first_time=datetime.fromisoformat(row["first_time"]),
+            )
+            for row in rows
+        ]

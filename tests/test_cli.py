@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from rick_core import __version__
 from rick_core.cli import CORE_COMMANDS, _build_cli, main
 from rick_core.config import default_config_text
+from rick_core.store import MIGRATIONS
 
 
 @pytest.fixture
@@ -83,7 +84,8 @@ def test_check_on_embedded_defaults_creates_the_store(
     result = runner.invoke(_build_cli(), ["check"])
     assert result.exit_code == 0, result.output
     assert "config: embedded defaults" in result.output
-    assert f"store: {tmp_path / 'rick.db'} (schema version 1)" in result.output
+    latest = MIGRATIONS[-1].version
+    assert f"store: {tmp_path / 'rick.db'} (schema version {latest})" in result.output
     assert (tmp_path / "rick.db").exists()
 
 

@@ -83,14 +83,24 @@ def load_text(tmp_path: Path, text: str) -> RickConfig:
 def test_no_file_gives_the_defaults(tmp_path: Path) -> None:
     config = load_config(None, home=tmp_path)
 
-    assert config == RickConfig(home=tmp_path)
+    # With no file, rick runs the commented default file itself.
+    written = load_config(write_default_config(tmp_path / "d" / "rick.toml"), home=tmp_path)
+    assert config == attrs.evolve(written, source=None)
+    assert config.source is None
     assert config.mode is Mode.PAPER
     assert config.log == LogConfig(level="info")
     assert config.store == StoreConfig(path=Path("rick.db"))
     assert config.store_path == tmp_path / "rick.db"
-    assert config.brokers == config.strategies == config.notifiers == config.audit_sinks == {}
+    assert {n: b.kind for n, b in config.brokers.items()} == {"paper": "paper"}
+    assert {n: (s.kind, s.broker) for n, s in config.strategies.items()} == {
+        "example": ("momentum", "paper")
+    }
+    assert config.notifiers == config.audit_sinks == {}
     assert config.source is None
-    assert config.required_components() == []
+    assert config.required_components() == [
+        ("broker", "paper", "paper"),
+        ("strategy", "momentum", "example"),
+    ]
 
 
 def test_the_shipped_default_file_is_the_defaults(tmp_path: Path) -> None:

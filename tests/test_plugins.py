@@ -10,7 +10,7 @@ import pytest
 
 from rick_core.entrypoints import PluginEntryPoint
 from rick_core.hookspecs import hookimpl
-from rick_core.plugins import ComponentMissing, load_plugins
+from rick_core.plugins import BUILTIN_PLUGINS, ComponentMissing, load_plugins
 
 
 def _factory(setup: object) -> object:
@@ -27,7 +27,8 @@ def plugin_registering(*names: str) -> SimpleNamespace:
 
 def test_builtins_load_first_and_are_listed_as_builtin() -> None:
     plugin_set = load_plugins({}, entry_points=())
-    assert [p.name for p in plugin_set.plugins if p.builtin] == ["rick_core.builtins.log_notifier"]
+    assert [p.name for p in plugin_set.plugins if p.builtin] == list(BUILTIN_PLUGINS)
+    assert BUILTIN_PLUGINS == ("rick_core.builtins.log_notifier", "rick_core.builtins.paper_plugin")
     assert plugin_set.require("notifier", "log").plugin == "rick_core.builtins.log_notifier"
 
 
@@ -49,7 +50,8 @@ def test_registering_a_name_twice_fails_the_plugin_and_keeps_none_of_it() -> Non
     )
     (failed,) = plugin_set.failed
     assert (failed.name, failed.error) == ("twice", "registers the broker 'alpha' twice")
-    assert plugin_set.of_kind("broker") == {}  # beta was staged, then dropped with the rest
+    # beta was staged, then dropped with the rest: only the built-in broker is left
+    assert list(plugin_set.of_kind("broker")) == ["paper"]
 
 
 def test_second_plugin_claiming_a_name_fails_first_keeps_it() -> None:
@@ -136,7 +138,7 @@ def test_require_for_something_nobody_offers_says_how_to_install() -> None:
 
 
 def test_missing_strategy_message_lists_strategies() -> None:
-    with pytest.raises(ComponentMissing, match=r"available strategies: \(none\)"):
+    with pytest.raises(ComponentMissing, match=r"available strategies: momentum"):
         load_plugins({}, entry_points=()).require("strategy", "trend")
 
 

@@ -16,8 +16,15 @@ from hypothesis import strategies as st
 from sqlite_utils import Database
 
 import rick_core.store as store_module
-from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Side, to_json
-from rick_core.store import MIGRATIONS, Migration, SchemaTooNewError, Store, StoreError
+from rick_core.model import Account, Fill, Order, OrderRequest, OrderStatus, Side, to_json
+from rick_core.store import (
+    MIGRATIONS,
+    AccountSnapshot,
+    Migration,
+    SchemaTooNewError,
+    Store,
+    StoreError,
+)
 
 LATEST = MIGRATIONS[-1].version
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -492,3 +499,254 @@ def test_an_unusable_path_is_a_store_error(tmp_path: Path, bad: str) -> None:
     (tmp_path / "file-not-folder").write_text("")
     with pytest.raises(StoreError, match=r"cannot open the store: .*Check \[store\] path"):
         Store.open(tmp_path / bad)
+
+
+# ---------------------------------------------------------------------------
+# migration 2: order strategies and account snapshots
+
+
+def make_v1_store(path: Path) -> None:
+    """A store as rick-core with migration 1 only left it, with one order and one fill."""
+    conn = raw(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    db = Database(conn, execute_plugins=False)
+    MIGRATIONS[0].apply(db)
+    db.execute("PRAGMA user_version = 1")
+    row = dict(
+        zip(store_module._ORDER_COLUMNS, store_module._order_values(make_order()), strict=True)
+    )
+    db.table("orders").insert(row)
+    db.table("fills").insert(
+        dict(zip(store_module._FILL_COLUMNS, store_module._fill_values(make_fill()), strict=True))
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_migration_2_upgrades_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "rick.db"
+    make_v1_store(path)
+    assert raw(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    with Store.open(path) as s:
+        assert s.schema_version == 2
+        assert_exactly_equal(s.get_order("rk-1"), make_order())
+        assert s.strategy_of("rk-1") is None  # placed before rick knew strategies
+        assert s.orders_with_strategy() == [(make_order(), None)]
+        assert s.fills() == [make_fill()]
+        assert s.accounts() == []
+        s.insert_order(make_order("rk-2"), strategy="breakout")
+        assert s.strategy_of("rk-2") == "breakout"
+    conn = raw(path)
+    columns = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(orders)")}
+    assert columns["strategy"] == "TEXT"
+    account_columns = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(accounts)")}
+    assert account_columns == dict.fromkeys(
+        [
+            "broker",
+            "currency",
+            "balance",
+            "equity",
+            "margin_used",
+            "margin_available",
+            "time",
+            "first_equity",
+            "first_time",
+        ],
+        "TEXT",
+    )
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "idx_orders_strategy" in indexes
+
+
+def test_a_version_1_only_rick_core_refuses_a_version_2_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rick.db"
+    Store.open(path).close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+    with pytest.raises(SchemaTooNewError, match="schema version 2, but this rick-core knows"):
+        Store.open(path)
+
+
+def test_migration_1_alone_then_2_on_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rick.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+    with Store.open(path) as s:
+        assert s.schema_version == 1
+    monkeypatch.undo()
+    with Store.open(path) as s:
+        assert s.schema_version == 2
+        s.insert_order(make_order(), strategy="ma")
+        assert s.strategy_of("rk-1") == "ma"
+
+
+def test_open_existing_never_creates_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "rick.db"
+    assert Store.open_existing(path) is None
+    assert not path.parent.exists()
+    Store.open(path).close()
+    with Store.open_existing(path) as s:  # type: ignore[union-attr]
+        assert s.schema_version == LATEST
+
+
+# ---------------------------------------------------------------------------
+# strategies
+
+
+def test_strategy_is_stored_with_the_order_and_filters(store: Store) -> None:
+    store.insert_order(make_order("rk-a", created_at=T0), strategy="ma")
+    store.insert_order(make_order("rk-b", created_at=T0 + timedelta(seconds=1)))
+    usd_jpy = Order(
+        request=OrderRequest("USD_JPY", "sell", "3", client_order_id="rk-c"),
+        broker="oanda",
+        created_at=T0 + timedelta(seconds=2),
+        updated_at=T0 + timedelta(seconds=2),
+    )
+    store.insert_order(usd_jpy, strategy="ma")
+    assert store.strategy_of("rk-a") == "ma"
+    assert store.strategy_of("rk-b") is None
+    assert store.strategy_of("rk-missing") is None
+    assert [o.client_order_id for o in store.orders(strategy="ma")] == ["rk-a", "rk-c"]
+    assert [o.client_order_id for o in store.orders(instrument="USD_JPY")] == ["rk-c"]
+    assert store.orders(strategy="ma", broker="paper") == [make_order("rk-a")]
+    assert store.orders(strategy="nobody") == []
+    assert [(o.client_order_id, s) for o, s in store.orders_with_strategy()] == [
+        ("rk-a", "ma"),
+        ("rk-b", None),
+        ("rk-c", "ma"),
+    ]
+    assert [o.client_order_id for o in store.orders(limit=2)] == ["rk-b", "rk-c"]
+    assert [o.client_order_id for o in store.orders(limit=0)] == []
+    # an update keeps the strategy
+    store.update_order(attrs.evolve(make_order("rk-a"), status=OrderStatus.OPEN))
+    assert store.strategy_of("rk-a") == "ma"
+
+
+def test_fills_with_the_strategy_of_their_order(store: Store) -> None:
+    store.insert_order(make_order("rk-1"), strategy="ma")
+    store.insert_order(make_order("rk-2", broker="oanda"), strategy="ma")
+    store.insert_fill(make_fill("f-1", client_order_id="rk-1"))
+    store.insert_fill(make_fill("f-2", client_order_id="rk-unknown"))
+    # same client order id, another broker: not that order's fill
+    store.insert_fill(make_fill("f-3", client_order_id="rk-2", broker="paper"))
+    got = [(f.fill_id, s) for f, s in store.fills_with_strategy()]
+    assert got == [("f-1", "ma"), ("f-2", None), ("f-3", None)]
+    assert [f.fill_id for f in store.fills(strategy="ma")] == ["f-1"]
+    assert [f.fill_id for f in store.fills(broker="oanda")] == []
+    assert [f.fill_id for f in store.fills(instrument="EUR_USD", limit=2)] == ["f-2", "f-3"]
+    assert store.fills(instrument="USD_JPY") == []
+
+
+# ---------------------------------------------------------------------------
+# accounts
+
+
+def account(equity: str, seconds: int, *, broker: str = "paper", currency: str = "USD") -> Account:
+    return Account(
+        broker=broker,
+        currency=currency,
+        balance=Decimal("1000.00"),
+        equity=Decimal(equity),
+        margin_used=Decimal("12.50"),
+        margin_available=Decimal("987.50"),
+        time=T0 + timedelta(seconds=seconds),
+    )
+
+
+def test_save_account_keeps_the_latest_and_the_first_equity(store: Store) -> None:
+    assert store.accounts() == []
+    store.save_account(account("1000.00", 0))
+    store.save_account(account("1010.50", 10))
+    store.save_account(account("990.25", 20))
+    store.save_account(account("500", 5))  # older than the stored one: ignored
+    store.save_account(account("77", 0, broker="oanda", currency="EUR"))
+    [oanda, paper] = store.accounts()
+    assert_exactly_equal(paper.account, account("990.25", 20))
+    assert str(paper.first_equity) == "1000.00"
+    assert paper.first_time == T0 and paper.first_time.tzinfo is not None
+    assert str(paper.equity_change) == "-9.75"
+    assert oanda == AccountSnapshot(
+        account("77", 0, broker="oanda", currency="EUR"), Decimal(77), T0
+    )
+
+
+def test_a_new_account_currency_starts_over(store: Store) -> None:
+    store.save_account(account("1000", 0))
+    store.save_account(account("900", 10, currency="EUR"))
+    [snapshot] = store.accounts()
+    assert (snapshot.first_equity, snapshot.first_time) == (
+        Decimal(900),
+        T0 + timedelta(seconds=10),
+    )
+
+
+# ---------------------------------------------------------------------------
+# record: the engine's hot path
+
+
+def test_record_updates_orders_and_stores_new_fills_in_one_go(store: Store) -> None:
+    store.insert_order(make_order("rk-1"), strategy="ma")
+    filled = attrs.evolve(
+        make_order("rk-1"),
+        status=OrderStatus.PARTIALLY_FILLED,
+        filled_quantity=Decimal("500.00"),
+        average_fill_price=Decimal("1.08500"),
+        updated_at=T0 + timedelta(seconds=1),
+    )
+    new = store.record(orders=[filled], fills=[make_fill("f-1"), make_fill("f-1")])
+    assert new == [make_fill("f-1")]
+    assert_exactly_equal(store.get_order("rk-1"), filled)
+    assert store.strategy_of("rk-1") == "ma"
+    # a repeat of the same report changes nothing and reports no new fill
+    assert store.record(orders=[filled], fills=[make_fill("f-1")]) == []
+    assert store.fills() == [make_fill("f-1")]
+    assert store.record() == []
+
+
+def test_record_inserts_orders_rick_did_not_place(store: Store) -> None:
+    stop_out = make_order("venue-close-1", status=OrderStatus.FILLED)
+    assert store.record(orders=[stop_out], fills=[make_fill(client_order_id="venue-close-1")])
+    assert_exactly_equal(store.get_order("venue-close-1"), stop_out)
+    assert store.orders_with_strategy() == [(stop_out, None)]
+
+
+def test_record_is_one_transaction(store: Store) -> None:
+    store.insert_order(make_order("rk-1"))
+    store.insert_order(make_order("rk-2"))
+    ok = attrs.evolve(make_order("rk-1"), status=OrderStatus.OPEN)
+    changed = attrs.evolve(
+        make_order("rk-2"), request=attrs.evolve(make_order("rk-2").request, quantity=Decimal(7))
+    )
+    with pytest.raises(StoreError, match="rk-2: quantity differ from the stored order"):
+        store.record(orders=[ok, make_order("rk-new"), changed], fills=[make_fill()])
+    assert store.get_order("rk-1") == make_order("rk-1")  # rolled back
+    assert store.get_order("rk-new") is None
+    assert store.fills() == []
+    assert not store._db.conn.in_transaction
+    # and the store is usable afterwards
+    assert store.record(orders=[ok], fills=[make_fill()]) == [make_fill()]
+    assert store.get_order("rk-1") == ok
+
+
+def test_record_rolls_back_when_a_fill_fails(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.insert_order(make_order("rk-1"))
+    monkeypatch.setattr(store_module, "_INSERT_FILL_SQL", "INSERT INTO nowhere VALUES (?)")
+    store.record(orders=[attrs.evolve(make_order("rk-1"), status=OrderStatus.OPEN)])
+    with pytest.raises(sqlite3.OperationalError):
+        store.record(
+            orders=[attrs.evolve(make_order("rk-1"), status=OrderStatus.CANCELED)],
+            fills=[make_fill()],
+        )
+    assert store.get_order("rk-1") == attrs.evolve(make_order("rk-1"), status=OrderStatus.OPEN)
+    assert not store._db.conn.in_transaction
+
+
+def test_insert_order_failure_leaves_no_transaction_open(store: Store) -> None:
+    store.insert_order(make_order())
+    with pytest.raises(StoreError):
+        store.insert_order(make_order())
+    assert not store._db.conn.in_transaction
+    store.insert_fill(make_fill())
+    assert store.fills() == [make_fill()]

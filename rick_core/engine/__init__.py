@@ -1,0 +1,1 @@
+"""The trio runtime: brokers, the order manager and strategy hosting."""

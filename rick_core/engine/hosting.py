@@ -1,0 +1,327 @@
+"""Running strategies: one task per strategy, its inbox, and the context it acts through."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from rick_core.broker import KEEP, Keep
+from rick_core.model import (
+    Account,
+    Fill,
+    Instrument,
+    Order,
+    OrderRequest,
+    OrderType,
+    Position,
+    Quote,
+    Side,
+    TimeInForce,
+    check_symbol,
+    utc_now,
+)
+from rick_core.strategy import Strategy, TradingHalted
+
+if TYPE_CHECKING:
+    from rick_core.engine.oms import OrderManager
+    from rick_core.engine.runtime import BrokerService
+
+__all__ = ["StrategyRunner"]
+
+log = structlog.get_logger("rick.strategy")
+
+
+class _Inbox:
+    """Events for one strategy: order events in a FIFO (never dropped), quotes
+    conflated to the latest per instrument, timers as a set of due names."""
+
+    __slots__ = ("_events", "_quotes", "_timers", "_wakeup", "closed", "quotes_conflated")
+
+    def __init__(self) -> None:
+        self._events: deque[Order | Fill] = deque()
+        self._quotes: dict[str, Quote] = {}
+        self._timers: dict[str, None] = {}
+        self._wakeup = trio.Event()
+        self.closed = False
+        self.quotes_conflated = 0
+
+    def put_event(self, event: Order | Fill) -> None:
+        self._events.append(event)
+        self._wakeup.set()
+
+    def put_quote(self, quote: Quote) -> None:
+        if quote.instrument in self._quotes:
+            self.quotes_conflated += 1
+        self._quotes[quote.instrument] = quote
+        self._wakeup.set()
+
+    def put_timer(self, name: str) -> None:
+        self._timers[name] = None
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def take(self) -> Order | Fill | Quote | str | None:
+        """The next thing to handle: events first, then quotes (oldest instrument
+        first), then timers; None once closed and empty of events."""
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self.closed:
+                return None
+            if self._quotes:
+                instrument = next(iter(self._quotes))
+                return self._quotes.pop(instrument)
+            if self._timers:
+                name = next(iter(self._timers))
+                del self._timers[name]
+                return name
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+
+def _price(value: Decimal | int | str | None) -> Decimal | None:
+    if value is None or isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        raise TypeError(f"prices are Decimal, not float: write Decimal({str(value)!r})")
+    return Decimal(value)
+
+
+class StrategyRunner:
+    """Hosts one strategy: feeds it events from its inbox, one at a time, and
+    implements its :class:`~rick_core.strategy.StrategyContext`."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        broker: BrokerService,
+        instruments: tuple[str, ...],
+        oms: OrderManager,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.strategy = strategy
+        self._service = broker
+        self._oms = oms
+        self._clock = clock
+        self._instruments = instruments
+        self.inbox = _Inbox()
+        self._log = structlog.get_logger("rick.strategy").bind(strategy=strategy.name)
+        self._timers: list[tuple[float, str]] = []
+        self._nursery: trio.Nursery | None = None
+        self.errors = 0
+        self.running = False
+        self.handled = 0
+        strategy.ctx = self
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, report started, call ``on_start``, then handle the inbox
+        until it is closed; then call ``on_stop``."""
+        await self._service.subscribe(self, self._instruments)
+        # Started once subscribed: a slow on_start (one that places orders, say)
+        # holds up neither the other strategies nor the engine.
+        task_status.started()
+        self.running = True
+        try:
+            try:
+                await self.strategy.on_start()
+            except TradingHalted as exc:
+                self._log.info("order refused", reason=str(exc))
+            except Exception:
+                self._log.exception("strategy failed to start; it will not run")
+                self.errors += 1
+                return
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for every, name in self._timers:
+                    nursery.start_soon(self._tick, every, name)
+                await self._loop()
+                nursery.cancel_scope.cancel()
+            try:
+                await self.strategy.on_stop()
+            except Exception:
+                self._log.exception("strategy on_stop failed")
+        finally:
+            self.running = False
+            self._service.unsubscribe(self)
+
+    async def _loop(self) -> None:
+        strategy = self.strategy
+        take = self.inbox.take
+        while True:
+            item = await take()
+            if item is None:
+                break
+            try:
+                if isinstance(item, Quote):
+                    await strategy.on_quote(item)
+                elif isinstance(item, Fill):
+                    await strategy.on_fill(item)
+                elif isinstance(item, Order):
+                    await strategy.on_order(item)
+                else:
+                    await strategy.on_timer(item)
+            except TradingHalted as exc:
+                self._log.info("order refused", reason=str(exc))
+            except Exception:
+                self.errors += 1
+                self._log.exception("strategy handler failed", event=type(item).__name__)
+            self.handled += 1
+
+    def stop(self) -> None:
+        """Let the strategy finish what is in its inbox, then run ``on_stop`` and end."""
+        self.inbox.close()
+
+    async def _tick(self, every: float, name: str) -> None:
+        next_at = trio.current_time() + every
+        while True:
+            await trio.sleep_until(next_at)
+            self.inbox.put_timer(name)
+            next_at += every
+
+    # -- the context ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.strategy.name
+
+    @property
+    def broker(self) -> str:
+        return self._service.name
+
+    @property
+    def instruments(self) -> tuple[str, ...]:
+        return self._instruments
+
+    @property
+    def log(self) -> Any:
+        return self._log
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    async def buy(self, instrument: str, quantity: Decimal | int | str, **kw: Any) -> Order:
+        return await self._order(Side.BUY, instrument, quantity, **kw)
+
+    async def sell(self, instrument: str, quantity: Decimal | int | str, **kw: Any) -> Order:
+        return await self._order(Side.SELL, instrument, quantity, **kw)
+
+    async def _order(
+        self,
+        side: Side,
+        instrument: str,
+        quantity: Decimal | int | str,
+        *,
+        limit: Decimal | int | str | None = None,
+        stop: Decimal | int | str | None = None,
+        stop_loss: Decimal | int | str | None = None,
+        take_profit: Decimal | int | str | None = None,
+        time_in_force: TimeInForce | str | None = None,
+        expire_time: datetime | None = None,
+        tag: str = "",
+    ) -> Order:
+        if limit is not None and stop is not None:
+            raise ValueError("give limit= or stop=, not both (stop-limit orders are not supported)")
+        kind = (
+            OrderType.LIMIT
+            if limit is not None
+            else OrderType.STOP
+            if stop is not None
+            else (OrderType.MARKET)
+        )
+        fields: dict[str, Any] = {}
+        if time_in_force is not None:
+            fields["time_in_force"] = time_in_force
+        request = OrderRequest(
+            instrument=instrument,
+            side=side,
+            quantity=_price(quantity),  # type: ignore[arg-type]  # never None here
+            type=kind,
+            limit_price=_price(limit),
+            stop_price=_price(stop),
+            stop_loss=_price(stop_loss),
+            take_profit=_price(take_profit),
+            expire_time=expire_time,
+            tag=tag,
+            **fields,
+        )
+        return await self._oms.submit(self.name, self._service.name, request)
+
+    def _find(self, order: Order | str) -> Order:
+        if isinstance(order, Order):
+            return order
+        found = self._oms.known(order)
+        if found is None:
+            raise KeyError(f"no order with client order id {order!r}")
+        return found
+
+    async def cancel(self, order: Order | str) -> Order:
+        return await self._oms.cancel(self.name, self._find(order))
+
+    async def set_protection(
+        self,
+        instrument: str,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
+    ) -> Position:
+        position = await self._oms.replace_position_protection(
+            self._service.name, instrument, stop_loss=stop_loss, take_profit=take_profit
+        )
+        self._service.positions[instrument] = position
+        return position
+
+    async def set_order_protection(
+        self,
+        order: Order | str,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
+    ) -> Order:
+        return await self._oms.replace_order_protection(
+            self._find(order), stop_loss=stop_loss, take_profit=take_profit
+        )
+
+    def position(self, instrument: str) -> Position | None:
+        return self._service.positions.get(instrument)
+
+    def positions(self) -> Sequence[Position]:
+        return list(self._service.positions.values())
+
+    def open_orders(self, instrument: str | None = None) -> Sequence[Order]:
+        return self._oms.working(self.name, instrument)
+
+    def last_quote(self, instrument: str) -> Quote | None:
+        return self._service.last_quotes.get(instrument)
+
+    def instrument(self, symbol: str) -> Instrument | None:
+        return self._service.instruments.get(symbol)
+
+    async def account(self) -> Account:
+        return await self._service.broker.account()
+
+    async def subscribe(self, *instruments: str) -> None:
+        for instrument in instruments:
+            check_symbol(instrument)
+        new = tuple(i for i in instruments if i not in self._instruments)
+        self._instruments += new
+        await self._service.subscribe(self, self._instruments)
+
+    def schedule(self, every: float, name: str = "timer") -> None:
+        if not (every > 0 and math.isfinite(every)):
+            raise ValueError(f"timer {name!r}: every must be a positive number of seconds")
+        self._timers.append((every, name))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._tick, every, name)

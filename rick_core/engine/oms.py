@@ -1,0 +1,379 @@
+"""The order manager: the one path every order takes, and the one writer of
+order state.
+
+An order is written to the store (status ``pending``) before it is sent; the
+broker's answer and every later update or fill is written as it arrives.
+Updates never move an order backwards: a venue's late or repeated message
+(an ``open`` after the ``filled``, a fill seen twice) changes nothing.
+
+Order states after an interruption (see :meth:`OrderManager.submit`):
+``pending`` never survives a send that started. An order whose send was
+interrupted, or whose outcome the venue did not tell us (a timeout), is left
+``submitted`` with a reason, to be reconciled with the venue on the next
+start; an order that was never sent is ``rejected`` with a reason.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+import trio
+
+from rick_core.broker import (
+    KEEP,
+    Broker,
+    BrokerError,
+    Keep,
+    OrderRejected,
+    TemporarilyUnavailable,
+)
+from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Position, utc_now
+from rick_core.strategy import TradingHalted
+
+if TYPE_CHECKING:
+    from rick_core.store import Store
+
+__all__ = ["OrderManager", "owner_key"]
+
+log = structlog.get_logger("rick.oms")
+
+_NOT_SENT = "not sent: the engine stopped before the order reached the broker"
+_UNKNOWN_OUTCOME = "sent, outcome unknown ({}): reconcile with the venue"
+
+
+def owner_key(client_order_id: str) -> str:
+    """The client order id of the order a venue-made order descends from.
+
+    Protective orders that fire for a position are named after the order that
+    set the protection (``<id>.sl``, ``<id>.tp``), so their fills reach the
+    strategy that owns that order.
+    """
+    return client_order_id.split(".", 1)[0]
+
+
+def _newer(current: Order, update: Order) -> bool:
+    """Whether ``update`` moves ``current`` forward (never backwards)."""
+    if current.status.is_final:
+        return False
+    if update.filled_quantity < current.filled_quantity:
+        return False
+    if update.filled_quantity > current.filled_quantity:
+        return True
+    if update.status is current.status:
+        # Same fills and status: only protection or venue id may have changed.
+        return (
+            update.request.stop_loss != current.request.stop_loss
+            or update.request.take_profit != current.request.take_profit
+            or update.venue_order_id != current.venue_order_id
+        )
+    return _RANK[update.status] >= _RANK[current.status]
+
+
+_FINAL_MEMORY = 10_000
+_OWNER_MEMORY = 100_000
+
+_RANK = {
+    OrderStatus.PENDING: 0,
+    OrderStatus.SUBMITTED: 1,
+    OrderStatus.OPEN: 2,
+    OrderStatus.PARTIALLY_FILLED: 3,
+    OrderStatus.FILLED: 4,
+    OrderStatus.CANCELED: 4,
+    OrderStatus.REJECTED: 4,
+    OrderStatus.EXPIRED: 4,
+}
+
+Listener = Callable[[str | None, Order | Fill], None]
+"""Told of every stored order change and new fill: (owning strategy or None, event)."""
+
+
+class OrderManager:
+    """Sends orders and records their life. Owned by the engine; one per run.
+
+    ``listener`` is called (synchronously, after the store write) with each
+    order state and each new fill, and the owning strategy's name.
+    """
+
+    def __init__(self, store: Store, brokers: dict[str, Broker], listener: Listener) -> None:
+        self._store = store
+        self._brokers = brokers
+        self._listener = listener
+        self._orders: dict[str, Order] = {}  # working orders
+        self._final: OrderedDict[str, Order] = OrderedDict()  # recently final, bounded
+        self._owners: OrderedDict[str, str | None] = OrderedDict()  # id -> strategy, bounded
+        self._accepting = True
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self.orders_sent = 0
+        self.fills_seen = 0
+        self.rejections = 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """Refuse every new order from now on (cancels and protection changes still go)."""
+        self._accepting = False
+
+    @property
+    def in_flight(self) -> int:
+        """Broker calls under way."""
+        return self._in_flight
+
+    async def wait_idle(self) -> None:
+        """Return when no broker call is under way."""
+        while self._in_flight:
+            await self._idle.wait()
+
+    def owner(self, client_order_id: str) -> str | None:
+        """The strategy that placed this order (or the order it descends from), if any."""
+        key = owner_key(client_order_id)
+        try:
+            return self._owners[key]
+        except KeyError:
+            found = self._owners[key] = self._store.strategy_of(key)
+            self._trim_owners()
+            return found
+
+    def working(self, strategy: str, instrument: str | None = None) -> list[Order]:
+        """The strategy's orders that are not final."""
+        return [
+            o
+            for coid, o in self._orders.items()
+            if not o.status.is_final
+            and self._owners.get(coid) == strategy
+            and (instrument is None or o.instrument == instrument)
+        ]
+
+    def known(self, client_order_id: str) -> Order | None:
+        """The latest state of an order this run has seen (or the store has), or None."""
+        found = self._orders.get(client_order_id) or self._final.get(client_order_id)
+        if found is None:
+            found = self._store.get_order(client_order_id)
+        return found
+
+    # -- actions -------------------------------------------------------------
+
+    async def submit(self, strategy: str, broker_name: str, request: OrderRequest) -> Order:
+        """Persist ``request`` as a pending order, send it, record the answer.
+
+        A venue refusal returns the order ``rejected`` with the venue's reason.
+        Raises :class:`TradingHalted` when no new orders are taken, and the
+        broker's error when the outcome is unknown (the order is then left
+        ``submitted``, to be reconciled).
+        """
+        if not self._accepting:
+            raise TradingHalted("rick is stopping: no new orders are taken")
+        broker = self._brokers[broker_name]
+        order = Order(request=request, broker=broker_name, status=OrderStatus.PENDING)
+        self._store.insert_order(order, strategy=strategy)
+        coid = request.client_order_id
+        self._orders[coid] = order
+        self._owners[coid] = strategy
+        self._trim_owners()
+        self.orders_sent += 1
+        self._enter()
+        sent = False
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            sent = True
+            ack = await broker.place_order(request)
+        except OrderRejected as exc:
+            self.rejections += 1
+            return self._record_final(order, OrderStatus.REJECTED, exc.reason)
+        except BrokerError as exc:
+            if isinstance(exc, TemporarilyUnavailable):
+                self._record_unknown(order, str(exc))
+                raise
+            self.rejections += 1
+            return self._record_final(order, OrderStatus.REJECTED, str(exc))
+        except BaseException as exc:
+            # Cancelled (forced shutdown) or a bug in the broker: never leave it pending.
+            # Synchronous store writes: they complete even under cancellation.
+            if sent:
+                self._record_unknown(order, type(exc).__name__)
+            else:
+                self._record_final(order, OrderStatus.REJECTED, _NOT_SENT)
+            raise
+        finally:
+            self._exit()
+        self.apply([ack])
+        return self.known(coid) or ack
+
+    async def cancel(self, strategy: str | None, order: Order) -> Order:
+        """Cancel a working order and record its new state."""
+        broker = self._brokers[order.broker]
+        current = self.known(order.client_order_id) or order
+        if current.status.is_final:
+            return current
+        self._enter()
+        try:
+            result = await broker.cancel_order(current)
+        finally:
+            self._exit()
+        self.apply([result])
+        return self.known(order.client_order_id) or result
+
+    async def replace_order_protection(
+        self,
+        order: Order,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
+    ) -> Order:
+        broker = self._brokers[order.broker]
+        current = self.known(order.client_order_id) or order
+        self._enter()
+        try:
+            result = await broker.replace_order_protection(
+                current, stop_loss=stop_loss, take_profit=take_profit
+            )
+        finally:
+            self._exit()
+        self.apply([result])
+        return self.known(order.client_order_id) or result
+
+    async def replace_position_protection(
+        self,
+        broker_name: str,
+        instrument: str,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
+    ) -> Position:
+        broker = self._brokers[broker_name]
+        self._enter()
+        try:
+            return await broker.replace_position_protection(
+                instrument, stop_loss=stop_loss, take_profit=take_profit
+            )
+        finally:
+            self._exit()
+
+    # -- events from brokers -------------------------------------------------
+
+    def apply(self, events: Iterable[Order | Fill]) -> list[Order | Fill]:
+        """Record order updates and fills (one store transaction); tell the listener.
+
+        Returns what was new: order states that moved forward and fills not seen before.
+        """
+        orders: list[Order] = []
+        fills: list[Fill] = []
+        for event in events:
+            if isinstance(event, Fill):
+                fills.append(event)
+                continue
+            current = self.known(event.client_order_id)
+            if current is not None and not _newer(current, event):
+                continue
+            if current is not None and (
+                event.request != current.request or event.created_at != current.created_at
+            ):
+                # Only protection may change after the fact, and the order was
+                # created when rick stored it: keep the rest as stored.
+                event = attrs.evolve(
+                    event,
+                    request=attrs.evolve(
+                        current.request,
+                        stop_loss=event.request.stop_loss,
+                        take_profit=event.request.take_profit,
+                    ),
+                    created_at=current.created_at,
+                    updated_at=max(event.updated_at, current.created_at),
+                )
+            self._orders[event.client_order_id] = event
+            orders.append(event)
+        if not orders and not fills:
+            return []
+        new_fills = self._store.record(orders=orders, fills=fills)
+        self.fills_seen += len(new_fills)
+        changed: list[Order | Fill] = [*new_fills, *orders]
+        for order in orders:
+            if order.status.is_final:
+                # Final orders leave the working set; a bounded memory of them
+                # lets late repeats be recognised without a store read.
+                self._orders.pop(order.client_order_id, None)
+                self._final[order.client_order_id] = order
+                if len(self._final) > _FINAL_MEMORY:
+                    self._final.popitem(last=False)
+        for event in changed:
+            self._listener(self.owner(event.client_order_id), event)
+        return changed
+
+    # -- helpers -------------------------------------------------------------
+
+    def _trim_owners(self) -> None:
+        if len(self._owners) > _OWNER_MEMORY:
+            self._owners.popitem(last=False)
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _exit(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def _record_final(self, order: Order, status: OrderStatus, reason: str) -> Order:
+        final = attrs.evolve(
+            order, status=status, reject_reason=reason, updated_at=max(utc_now(), order.created_at)
+        )
+        self.apply([final])
+        log.info(
+            "order rejected",
+            client_order_id=order.client_order_id,
+            broker=order.broker,
+            instrument=order.instrument,
+            reason=reason,
+        )
+        return final
+
+    def _record_unknown(self, order: Order, why: str) -> None:
+        current = self.known(order.client_order_id) or order
+        if current.status is not OrderStatus.PENDING:
+            return  # the venue already told us more than "sent"
+        submitted = attrs.evolve(
+            current,
+            status=OrderStatus.SUBMITTED,
+            reject_reason=_UNKNOWN_OUTCOME.format(why),
+            updated_at=max(utc_now(), current.created_at),
+        )
+        self.apply([submitted])
+        log.warning(
+            "order outcome unknown",
+            client_order_id=order.client_order_id,
+            broker=order.broker,
+            reason=why,
+        )
+
+
+def describe(event: Order | Fill) -> dict[str, Any]:
+    """Compact log fields of an order or fill."""
+    if isinstance(event, Fill):
+        return {
+            "client_order_id": event.client_order_id,
+            "instrument": event.instrument,
+            "side": event.side.value,
+            "quantity": str(event.quantity),
+            "price": str(event.price),
+            "fee": str(event.fee),
+        }
+    return {
+        "client_order_id": event.client_order_id,
+        "instrument": event.instrument,
+        "side": event.request.side.value,
+        "quantity": str(event.request.quantity),
+        "type": event.request.type.value,
+        "status": event.status.value,
+    }

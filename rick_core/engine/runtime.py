@@ -1,0 +1,431 @@
+"""The engine: the trio service tree that connects brokers, hosts strategies and
+moves orders, fills and quotes between them.
+
+Start-up order: every broker is connected and its event stream subscribed
+(``nursery.start``: a broker counts as ready only then), then every strategy
+is started (its quotes subscribed, its ``on_start`` run).
+
+Stopping (:meth:`Engine.request_stop`, a signal, or the end of ``duration``):
+no new orders are taken, each strategy handles what is already in its inbox
+and runs ``on_stop``, broker calls under way are drained, all under one
+deadline (``drain_timeout``); then account snapshots are saved, brokers are
+closed and the store is left consistent. :meth:`Engine.force_stop` (a second
+Ctrl-C) cancels at once; the order manager still records every interrupted
+order in a final or resumable state, under a shield.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from rick_core.broker import Broker, BrokerError, Disconnected, TemporarilyUnavailable
+from rick_core.components import ComponentSetup
+from rick_core.engine.hosting import StrategyRunner
+from rick_core.engine.oms import OrderManager, describe
+from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
+from rick_core.strategy import Strategy, StrategySetup
+
+if TYPE_CHECKING:
+    from rick_core.config import RickConfig
+    from rick_core.plugins import PluginSet
+    from rick_core.store import Store
+
+__all__ = ["BrokerService", "Engine", "EngineError"]
+
+log = structlog.get_logger("rick.engine")
+
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 30.0
+ACCOUNT_POLL = 1.0
+ACCOUNT_SAVE_EVERY = 10.0
+
+
+class EngineError(RuntimeError):
+    """The engine cannot start: a component failed to build or a broker to connect."""
+
+
+class BrokerService:
+    """One connected broker: its event stream, its quote stream (fanned out to
+    the strategies subscribed), its positions and account as last seen."""
+
+    def __init__(self, name: str, broker: Broker, oms_ref: Callable[[], OrderManager]) -> None:
+        self.name = name
+        self.broker = broker
+        self._oms = oms_ref
+        self.connected = False
+        self.positions: dict[str, Position] = {}
+        self.last_quotes: dict[str, Quote] = {}
+        self.account: Account | None = None
+        self.instruments: dict[str, Instrument] = {}
+        self.quotes_received = 0
+        self._subscribers: dict[str, list[StrategyRunner]] = {}
+        self._wanted: tuple[str, ...] = ()
+        self._generation = 0
+        self._subscribed_generation = -1
+        self._subscribed = trio.Event()
+        self._resubscribe: trio.CancelScope | None = None
+
+    # -- subscriptions -------------------------------------------------------
+
+    async def subscribe(self, runner: StrategyRunner, instruments: Iterable[str]) -> None:
+        """Deliver quotes of ``instruments`` to ``runner``; return once subscribed."""
+        for instrument in instruments:
+            runners = self._subscribers.setdefault(instrument, [])
+            if runner not in runners:
+                runners.append(runner)
+        wanted = tuple(sorted(self._subscribers))
+        if wanted == self._wanted:
+            return
+        self._wanted = wanted
+        self._generation += 1
+        generation = self._generation
+        if self._resubscribe is not None:
+            self._resubscribe.cancel()
+        while self._subscribed_generation < generation:
+            await self._subscribed.wait()
+
+    def unsubscribe(self, runner: StrategyRunner) -> None:
+        """Stop delivering quotes to ``runner`` (the venue subscription stays)."""
+        for runners in self._subscribers.values():
+            if runner in runners:
+                runners.remove(runner)
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, subscribe to events, and serve until cancelled."""
+        try:
+            await self.broker.connect()
+        except Exception as exc:  # a venue error, or a plugin's own (a missing file, say)
+            raise EngineError(f"broker {self.name!r} failed to connect: {exc}") from exc
+        self.connected = True
+        log.info("broker connected", broker=self.name)
+        self.instruments = {i.symbol: i for i in await self.broker.instruments()}
+        await self.refresh_positions()
+        self.account = await self.broker.account()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._events)
+            nursery.start_soon(self._quotes)
+            nursery.start_soon(self._poll_account)
+            task_status.started()
+
+    async def refresh_positions(self) -> None:
+        self.positions = {p.instrument: p for p in await self.broker.positions()}
+
+    async def _events(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                async with self.broker.stream_events() as events:
+                    if not started:
+                        started = True
+                        task_status.started()
+                    delay = RECONNECT_MIN
+                    oms = self._oms()
+                    async for event in events:
+                        if isinstance(event, Fill):
+                            # The broker booked the fill before reporting it: the
+                            # strategy sees the position that includes it.
+                            await self.refresh_positions()
+                        oms.apply((event,))
+            except TemporarilyUnavailable as exc:
+                if not started:
+                    raise EngineError(f"broker {self.name!r}: event stream failed: {exc}") from exc
+                log.warning("event stream lost", broker=self.name, error=str(exc))
+            delay = await _backoff(delay)
+
+    async def _quotes(self) -> None:
+        delay = RECONNECT_MIN
+        while True:
+            if not self._wanted:
+                self._subscribed_generation = self._generation
+                self._subscribed.set()
+                self._subscribed = trio.Event()
+                await trio.sleep(0.05)
+                continue
+            generation = self._generation
+            with trio.CancelScope() as scope:
+                self._resubscribe = scope
+                try:
+                    async with self.broker.stream_quotes(self._wanted) as quotes:
+                        self._subscribed_generation = generation
+                        self._subscribed.set()
+                        self._subscribed = trio.Event()
+                        delay = RECONNECT_MIN
+                        subscribers = self._subscribers
+                        last = self.last_quotes
+                        async for quote in quotes:
+                            last[quote.instrument] = quote
+                            self.quotes_received += 1
+                            for runner in subscribers.get(quote.instrument, ()):
+                                runner.inbox.put_quote(quote)
+                    log.warning("quote stream ended; resubscribing", broker=self.name)
+                except (Disconnected, TemporarilyUnavailable) as exc:
+                    log.warning("quote stream lost", broker=self.name, error=str(exc))
+            self._resubscribe = None
+            if scope.cancelled_caught:
+                continue  # a new subscription set: resubscribe at once
+            delay = await _backoff(delay)
+
+    async def _poll_account(self) -> None:
+        while True:
+            await trio.sleep(ACCOUNT_POLL)
+            try:
+                self.account = await self.broker.account()
+                await self.refresh_positions()
+            except BrokerError as exc:
+                log.debug("account poll failed", broker=self.name, error=str(exc))
+
+
+async def _backoff(delay: float) -> float:
+    await trio.sleep(delay * random.uniform(0.5, 1.5))
+    return min(delay * 2, RECONNECT_MAX)
+
+
+class Engine:
+    """One run of rick: brokers, strategies and the order manager over one store."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        brokers: Mapping[str, Broker],
+        strategies: Sequence[tuple[Strategy, str, tuple[str, ...]]],
+        drain_timeout: float = 5.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """``strategies`` are ``(strategy, broker name, instruments)``."""
+        self.store = store
+        self.drain_timeout = drain_timeout
+        self.services = {
+            name: BrokerService(name, b, lambda: self.oms) for name, b in brokers.items()
+        }
+        self.oms = OrderManager(store, dict(brokers), self._dispatch)
+        self.runners = [
+            StrategyRunner(
+                strategy,
+                broker=self.services[broker],
+                instruments=instruments,
+                oms=self.oms,
+                clock=clock,
+            )
+            for strategy, broker, instruments in strategies
+        ]
+        self._by_name = {r.name: r for r in self.runners}
+        self._stop = trio.Event()
+        self._force = trio.CancelScope()
+        self.started = trio.Event()
+        self.stopped = False
+        self.forced = False
+        self.final_positions: dict[str, dict[str, Decimal]] = {}
+        self.stop_reason = ""
+
+    @classmethod
+    def from_config(
+        cls, config: RickConfig, plugins: PluginSet, *, store: Store, drain_timeout: float = 5.0
+    ) -> Engine:
+        """Build every configured broker and enabled strategy through the plugins.
+
+        Raises :class:`EngineError` naming what is missing or refused its settings.
+        """
+        problems = plugins.problems(config.required_components())
+        if problems:
+            raise EngineError("cannot start:\n  " + "\n  ".join(problems))
+        where = str(config.source) if config.source else "<embedded defaults>"
+        brokers: dict[str, Broker] = {}
+        used = {s.broker for s in config.strategies.values() if s.enabled}
+        for name, cfg in config.brokers.items():
+            if name not in used:
+                log.info("broker not used by any enabled strategy; not connecting", broker=name)
+                continue
+            setup = ComponentSetup(
+                name=name, options=cfg.options, home=config.home, source=f"{where} [brokers.{name}]"
+            )
+            brokers[name] = _build(plugins, "broker", cfg.kind, setup, f"broker {name!r}")
+        strategies: list[tuple[Strategy, str, tuple[str, ...]]] = []
+        for name, scfg in config.strategies.items():
+            if not scfg.enabled:
+                continue
+            ssetup = StrategySetup(
+                name=name,
+                broker=scfg.broker,
+                instruments=scfg.instruments,
+                params=scfg.params,
+                source=f"{where} [strategies.{name}]",
+            )
+            strategy = _build(plugins, "strategy", scfg.kind, ssetup, f"strategy {name!r}")
+            if not isinstance(strategy, Strategy):
+                raise EngineError(
+                    f"strategy {name!r}: kind {scfg.kind!r} built a "
+                    f"{type(strategy).__name__}, not a rick_core.strategy.Strategy"
+                )
+            strategies.append((strategy, scfg.broker, scfg.instruments))
+        return cls(store=store, brokers=brokers, strategies=strategies, drain_timeout=drain_timeout)
+
+    # -- running -------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful stop."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    def force_stop(self) -> None:
+        """Cancel everything now; interrupted orders are still recorded."""
+        self.forced = True
+        self.stop_reason = self.stop_reason or "forced"
+        self._force.cancel()
+
+    async def run(self, *, duration: float | None = None, handle_signals: bool = False) -> None:
+        """Run until stopped (or ``duration`` seconds after start-up)."""
+        try:
+            with self._force:
+                async with trio.open_nursery() as root:
+                    if handle_signals:
+                        root.start_soon(self._watch_signals)
+                    try:
+                        await self._serve(duration)
+                    finally:
+                        root.cancel_scope.cancel()
+                        with trio.CancelScope(shield=True) as cleanup:
+                            cleanup.deadline = trio.current_time() + self.drain_timeout
+                            await self._close_brokers()
+        except BaseExceptionGroup as group:
+            # Nurseries wrap errors in groups; a start-up failure is one clear error.
+            startup, _ = group.split(EngineError)
+            if startup is None:
+                raise
+            raise _first_leaf(startup) from group
+        self.stopped = True
+        log.info("engine stopped", reason=self.stop_reason or "done")
+
+    async def _serve(self, duration: float | None) -> None:
+        async with trio.open_nursery() as services:
+            for service in self.services.values():
+                await services.start(service.run)
+            strategies_scope = trio.CancelScope()
+            with strategies_scope:
+                async with trio.open_nursery() as strategies:
+                    for runner in self.runners:
+                        await strategies.start(runner.run)
+                    self.started.set()
+                    log.info(
+                        "engine started",
+                        brokers=sorted(self.services),
+                        strategies=[r.name for r in self.runners],
+                    )
+                    with trio.move_on_after(math.inf if duration is None else duration):
+                        await self._stop.wait()
+                    self.stop_reason = self.stop_reason or "duration reached"
+                    log.info("engine stopping", reason=self.stop_reason)
+                    self.oms.stop_accepting()
+                    strategies_scope.deadline = trio.current_time() + self.drain_timeout
+                    for runner in self.runners:
+                        runner.stop()
+            if strategies_scope.cancelled_caught:
+                log.warning("strategies did not finish within the drain deadline; cancelled")
+            with trio.move_on_after(self.drain_timeout):
+                await self.oms.wait_idle()
+            await self._save_accounts()
+            services.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if not self._stop.is_set():
+                    self.request_stop(signal.Signals(signum).name)
+                else:
+                    log.warning("second signal: stopping now")
+                    self.force_stop()
+
+    async def _save_accounts(self) -> None:
+        for service in self.services.values():
+            if not service.connected:
+                continue
+            try:
+                service.account = await service.broker.account()
+                self.store.save_account(service.account)
+                self.final_positions[service.name] = {
+                    p.instrument: p.quantity for p in await service.broker.positions()
+                }
+            except BrokerError as exc:
+                log.warning(
+                    "could not read the account at stop", broker=service.name, error=str(exc)
+                )
+
+    async def _close_brokers(self) -> None:
+        for service in self.services.values():
+            try:
+                await service.broker.close()
+            except Exception:
+                log.exception("broker close failed", broker=service.name)
+            service.connected = False
+
+    # -- events --------------------------------------------------------------
+
+    def _dispatch(self, owner: str | None, event: Order | Fill) -> None:
+        if isinstance(event, Fill):
+            log.info("fill", strategy=owner, broker=event.broker, **describe(event))
+        elif event.status.is_final or event.status.value == "open":
+            log.info("order", strategy=owner, broker=event.broker, **describe(event))
+        if owner is not None:
+            runner = self._by_name.get(owner)
+            if runner is not None and runner.running:
+                runner.inbox.put_event(event)
+            return
+        # A venue-made order (a margin close-out, say): every strategy trading
+        # that instrument on that broker hears of it.
+        for runner in self.runners:
+            if runner.broker == event.broker and event.instrument in runner.instruments:
+                runner.inbox.put_event(event)
+
+    # -- status --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A summary for the live status display and status log lines."""
+        brokers = []
+        for service in self.services.values():
+            account = service.account
+            brokers.append(
+                {
+                    "broker": service.name,
+                    "connected": service.connected,
+                    "equity": None if account is None else account.equity,
+                    "currency": None if account is None else account.currency,
+                    "positions": len(service.positions),
+                    "quotes": service.quotes_received,
+                }
+            )
+        return {
+            "brokers": brokers,
+            "strategies": {
+                r.name: {"running": r.running, "errors": r.errors} for r in self.runners
+            },
+            "orders": self.oms.orders_sent,
+            "fills": self.oms.fills_seen,
+            "rejections": self.oms.rejections,
+        }
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _build(plugins: PluginSet, kind: Any, name: str, setup: Any, what: str) -> Any:
+    try:
+        return plugins.build(kind, name, setup)
+    except Exception as exc:
+        raise EngineError(f"{what}: {exc}") from exc

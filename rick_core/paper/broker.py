@@ -1,0 +1,493 @@
+"""The paper broker: a :class:`~rick_core.broker.Broker` over a simulated market.
+
+Options (``[brokers.<name>]`` with ``kind = "paper"``), all optional:
+
+=====================  =========================================================
+``seed``               integer seed of the simulated market (default 1): the same
+                       seed gives the same prices
+``interval``           seconds between quotes of one instrument (default 0.5)
+``speed``              how fast simulated time runs: 1 is real time (default),
+                       10 ten times faster, 0 as fast as the consumer takes quotes
+``instruments``        symbols of the default universe to simulate (default: all)
+``replay``             a JSONL or CSV file of recorded quotes to replay instead
+``loop``               replay the file again at its end (default false)
+``currency``           account currency (default "USD")
+``balance``            starting balance (default 100000)
+``leverage``           table of asset class -> leverage (fx 50, crypto 2, equity 4)
+``fees``               table of asset class -> fee rate of notional
+``instrument_fees``    table of symbol -> fee rate, overriding ``fees``
+``slippage``           fraction of price paid on market and stop fills (default 0)
+``maintenance_ratio``  close out when equity < ratio x margin used (default 0.5)
+``persist``            keep the account (balance, positions, working orders)
+                       between runs in ``$RICK_HOME/paper/<name>.json`` (default true)
+=====================  =========================================================
+
+The market advances lazily with trio's clock: whenever a stream or a call
+needs it, every quote due by now is generated and applied to the account
+(fills, protective stops, close-outs) in time order. So a run under trio's
+autojump clock is deterministic, and a slow consumer makes the market catch
+up rather than stall.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from rick_core.broker import (
+    KEEP,
+    Broker,
+    BrokerEvent,
+    Capabilities,
+    Keep,
+    NotFound,
+    Unsupported,
+)
+from rick_core.components import ComponentSetup
+from rick_core.model import (
+    Account,
+    AssetClass,
+    Instrument,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    utc_now,
+)
+from rick_core.paper.account import PaperAccount, PaperSettings
+from rick_core.paper.market import DEFAULT_UNIVERSE, QuoteSource, ReplayMarket, SimulatedMarket
+from rick_core.symbols import SeparatorSymbolMap
+
+__all__ = ["PaperBroker", "PaperOptions", "paper_broker"]
+
+FAST_BATCH = 64
+"""Quotes a stream hands out between checkpoints when ``speed = 0``."""
+
+
+class _Subscriber:
+    __slots__ = ("instruments", "queue", "wakeup")
+
+    def __init__(self, instruments: frozenset[str] | None) -> None:
+        self.instruments = instruments
+        self.queue: deque[Any] = deque()
+        self.wakeup = trio.Event()
+
+    def push(self, item: Any) -> None:
+        self.queue.append(item)
+        self.wakeup.set()
+
+
+class PaperOptions:
+    """The paper broker's options, checked, with errors naming the key."""
+
+    def __init__(self, setup: ComponentSetup) -> None:
+        self._where = setup.source or f"broker {setup.name!r}"
+        raw = dict(setup.options)
+        self.seed = self._int(raw.pop("seed", 1), "seed")
+        self.interval = self._float(raw.pop("interval", 0.5), "interval", positive=True)
+        self.speed = self._float(raw.pop("speed", 1), "speed", positive=False)
+        self.persist = self._bool(raw.pop("persist", True), "persist")
+        self.loop = self._bool(raw.pop("loop", False), "loop")
+        replay = raw.pop("replay", None)
+        if replay is not None and not isinstance(replay, str):
+            self._fail("replay", "a path to a .jsonl or .csv file of recorded quotes", replay)
+        self.replay = None if replay is None else (setup.home / Path(replay).expanduser())
+        wanted = raw.pop("instruments", None)
+        universe = {spec.instrument.symbol: spec for spec in DEFAULT_UNIVERSE}
+        if wanted is None:
+            self.specs = list(DEFAULT_UNIVERSE)
+        else:
+            if not isinstance(wanted, list) or not all(isinstance(s, str) for s in wanted):
+                self._fail("instruments", "a list of symbols", wanted)
+            unknown = [s for s in wanted if s not in universe]
+            if unknown:
+                raise ValueError(
+                    f"{self._where}: instruments: {', '.join(unknown)} not in the simulated "
+                    f"universe ({', '.join(universe)}); use replay = FILE for others"
+                )
+            self.specs = [universe[s] for s in wanted]
+        settings: dict[str, Any] = {}
+        if "currency" in raw:
+            currency = raw.pop("currency")
+            if not isinstance(currency, str) or not currency.isalpha():
+                self._fail("currency", "a currency code such as USD", currency)
+            settings["currency"] = currency.upper()
+        for key in ("balance", "slippage", "maintenance_ratio"):
+            if key in raw:
+                settings[key] = self._decimal(raw.pop(key), key)
+        for key in ("leverage", "fees"):
+            if key in raw:
+                settings[key] = self._by_asset_class(raw.pop(key), key)
+        if "instrument_fees" in raw:
+            table = raw.pop("instrument_fees")
+            if not isinstance(table, Mapping):
+                self._fail("instrument_fees", "a table of symbol = fee rate", table)
+            settings["instrument_fees"] = {
+                str(k): self._decimal(v, f"instrument_fees.{k}") for k, v in table.items()
+            }
+        if raw:
+            raise ValueError(
+                f"{self._where}: unknown option(s) {', '.join(sorted(raw))}; the paper broker "
+                "takes seed, interval, speed, instruments, replay, loop, currency, balance, "
+                "leverage, fees, instrument_fees, slippage, maintenance_ratio, persist"
+            )
+        try:
+            self.settings = PaperSettings(**settings)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self._where}: {exc}") from None
+
+    def _fail(self, key: str, expected: str, value: object) -> NoReturn:
+        raise ValueError(f"{self._where}: {key} must be {expected}, got {value!r}")
+
+    def _int(self, value: object, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            self._fail(key, "a whole number", value)
+        if isinstance(value, Decimal) and value != value.to_integral_value():
+            self._fail(key, "a whole number", value)
+        return int(value)
+
+    def _float(self, value: object, key: str, *, positive: bool) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            self._fail(key, "a number", value)
+        number = float(value)  # a duration or a rate, not money
+        if not math.isfinite(number) or number < 0 or (positive and number == 0):
+            self._fail(key, "a positive number" if positive else "zero or more", value)
+        return number
+
+    def _bool(self, value: object, key: str) -> bool:
+        if not isinstance(value, bool):
+            self._fail(key, "true or false", value)
+        return bool(value)
+
+    def _decimal(self, value: object, key: str) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+            self._fail(key, "a number", value)
+        try:
+            return Decimal(value)
+        except ArithmeticError:
+            self._fail(key, "a number", value)
+
+    def _by_asset_class(self, table: object, key: str) -> dict[AssetClass, Decimal]:
+        if not isinstance(table, Mapping):
+            self._fail(key, "a table of asset class = number (fx, crypto, equity, ...)", table)
+        result: dict[AssetClass, Decimal] = {}
+        for name, value in table.items():
+            try:
+                asset_class = AssetClass(str(name).lower())
+            except ValueError:
+                known = ", ".join(a.value for a in AssetClass)
+                raise ValueError(
+                    f"{self._where}: {key}.{name}: unknown asset class (known: {known})"
+                ) from None
+            result[asset_class] = self._decimal(value, f"{key}.{name}")
+        return result
+
+
+def paper_broker(setup: ComponentSetup) -> PaperBroker:
+    """The ``paper`` broker factory."""
+    return PaperBroker(setup)
+
+
+class PaperBroker(Broker):
+    """A simulated venue that behaves like a live one through the Broker interface."""
+
+    capabilities = Capabilities(
+        order_types={"market", "limit", "stop"},
+        time_in_force={"gtc", "gtd", "day", "ioc", "fok"},
+        attached_stop_loss=True,
+        attached_take_profit=True,
+        modify_order_protection=True,
+        modify_position_protection=True,
+        client_order_ids=True,
+        fractional_quantity=True,
+        short_selling=True,
+        streaming_quotes=True,
+        streaming_events=True,
+    )
+
+    def __init__(self, setup: ComponentSetup) -> None:
+        self.name = setup.name
+        self.options = PaperOptions(setup)
+        self.symbols = SeparatorSymbolMap("_")
+        self._state_path = setup.home / "paper" / f"{setup.name}.json"
+        self._market: QuoteSource | None = None
+        self._account: PaperAccount | None = None
+        self._t0 = 0.0
+        self._start = utc_now()
+        self._quote_subs: list[_Subscriber] = []
+        self._event_subs: list[_Subscriber] = []
+        self.quotes_generated = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        await trio.lowlevel.checkpoint()
+        opts = self.options
+        self._start = utc_now()
+        self._t0 = trio.current_time()
+        market: QuoteSource
+        if opts.replay is not None:
+            market = ReplayMarket.from_file(
+                opts.replay, start=self._start, source=self.name, loop=opts.loop
+            )
+        else:
+            market = SimulatedMarket(
+                opts.specs,
+                seed=opts.seed,
+                interval=opts.interval,
+                start=self._start,
+                source=self.name,
+            )
+        instruments = list(market.instruments.values())
+        account = None
+        if opts.persist and self._state_path.exists():
+            account = self._restore(instruments)
+        if account is None:
+            account = PaperAccount(self.name, opts.settings, instruments)
+        for symbol in market.instruments:
+            quote = market.current(symbol)
+            if quote is not None:
+                self._publish(account.on_quote(quote))
+        self._market = market
+        self._account = account
+
+    async def close(self) -> None:
+        if self._account is not None and self.options.persist:
+            self._save(self._account)
+        self._account = None
+        self._market = None
+        for sub in (*self._quote_subs, *self._event_subs):
+            sub.push(None)
+
+    def _restore(self, instruments: list[Instrument]) -> PaperAccount:
+        try:
+            data = json.loads(self._state_path.read_text("utf-8"))
+            return PaperAccount.restore(self.name, self.options.settings, instruments, data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{self._state_path}: the saved paper account cannot be read ({exc}); move the "
+                "file away to start a fresh paper account, or set persist = false"
+            ) from None
+
+    def _save(self, account: PaperAccount) -> None:
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self._state_path.with_suffix(".tmp")
+        temp.write_text(json.dumps(account.snapshot(), indent=1), "utf-8")
+        os.replace(temp, self._state_path)  # atomic: never a half-written account
+
+    # -- the simulated clock -------------------------------------------------
+
+    def _live(self) -> tuple[QuoteSource, PaperAccount]:
+        if self._market is None or self._account is None:
+            from rick_core.broker import Disconnected
+
+            raise Disconnected("the paper broker is not connected", broker=self.name)
+        return self._market, self._account
+
+    def now(self) -> datetime:
+        """The simulated time: the start plus trio time elapsed, scaled by ``speed``."""
+        speed = self.options.speed or 1.0
+        return self._start + timedelta(seconds=(trio.current_time() - self._t0) * speed)
+
+    def _advance(self, *, at_most: int | None = None) -> int:
+        """Generate and apply every quote due by now (``speed > 0``), or the next
+        ``at_most`` quotes (``speed = 0``). Returns how many."""
+        market, account = self._live()
+        speed = self.options.speed
+        horizon = (trio.current_time() - self._t0) * speed if speed else math.inf
+        count = 0
+        limit = math.inf if at_most is None else at_most
+        peek = market.peek_time
+        while count < limit:
+            due = peek()
+            if due is None or due > horizon:
+                break
+            quote = market.next_quote()
+            count += 1
+            events = account.on_quote(quote)
+            if events:
+                self._publish(events)
+            for sub in self._quote_subs:
+                if sub.instruments is None or quote.instrument in sub.instruments:
+                    sub.push(quote)
+        self.quotes_generated += count
+        return count
+
+    def _catch_up(self) -> None:
+        if self.options.speed:
+            self._advance()
+
+    def _publish(self, events: Sequence[BrokerEvent]) -> None:
+        for sub in self._event_subs:
+            for event in events:
+                sub.push(event)
+
+    # -- orders --------------------------------------------------------------
+
+    async def place_order(self, request: OrderRequest) -> Order:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        _, account = self._live()
+        reason = self.capabilities.supports(request)
+        if reason is not None:
+            raise Unsupported(reason, broker=self.name)
+        order, events = account.submit(request, self.now())
+        self._publish(events)
+        return order
+
+    async def cancel_order(self, order: Order) -> Order:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        _, account = self._live()
+        result, events = account.cancel(order.client_order_id, self.now())
+        self._publish(events)
+        return result
+
+    async def replace_order_protection(
+        self,
+        order: Order,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
+    ) -> Order:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        _, account = self._live()
+        result, events = account.replace_order_protection(
+            order.client_order_id, stop_loss=stop_loss, take_profit=take_profit, now=self.now()
+        )
+        self._publish(events)
+        return result
+
+    async def replace_position_protection(
+        self,
+        instrument: str,
+        *,
+        stop_loss: Decimal | Keep | None = KEEP,
+        take_profit: Decimal | Keep | None = KEEP,
+    ) -> Position:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        _, account = self._live()
+        return account.replace_position_protection(
+            instrument, stop_loss=stop_loss, take_profit=take_profit, now=self.now()
+        )
+
+    async def open_orders(self, instrument: str | None = None) -> list[Order]:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        return self._live()[1].open_orders(instrument)
+
+    # -- account -------------------------------------------------------------
+
+    async def positions(self) -> list[Position]:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        return self._live()[1].positions()
+
+    async def account(self) -> Account:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        return self._live()[1].account(self.now())
+
+    async def instruments(self) -> list[Instrument]:
+        await trio.lowlevel.checkpoint()
+        market, _ = self._live()
+        return list(market.instruments.values())
+
+    async def quote(self, instrument: str) -> Quote:
+        await trio.lowlevel.checkpoint()
+        self._catch_up()
+        market, _ = self._live()
+        if instrument not in market.instruments:
+            raise NotFound(
+                f"unknown instrument {instrument}: the paper market has "
+                f"{', '.join(market.instruments)}",
+                broker=self.name,
+            )
+        found = market.current(instrument)
+        if found is None:
+            raise NotFound(f"no quote for {instrument} yet", broker=self.name)
+        return found
+
+    # -- streams -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def stream_quotes(
+        self, instruments: Sequence[str]
+    ) -> AsyncIterator[AsyncIterator[Quote]]:
+        market, _ = self._live()
+        unknown = [i for i in instruments if i not in market.instruments]
+        if unknown:
+            raise NotFound(
+                f"unknown instrument(s) {', '.join(unknown)}: the paper market has "
+                f"{', '.join(market.instruments)}",
+                broker=self.name,
+            )
+        sub = _Subscriber(frozenset(instruments))
+        self._quote_subs.append(sub)
+        try:
+            yield self._quotes(sub)
+        finally:
+            self._quote_subs.remove(sub)
+
+    async def _quotes(self, sub: _Subscriber) -> AsyncIterator[Quote]:
+        queue = sub.queue
+        speed = self.options.speed
+        handed = 0
+        while True:
+            if queue:
+                quote = queue.popleft()
+                if quote is None:
+                    return
+                handed += 1
+                if not speed and handed % FAST_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
+                yield quote
+                continue
+            if self._market is None:
+                return
+            if not speed:
+                if not self._advance(at_most=FAST_BATCH):
+                    return  # a replay that ended
+                continue
+            self._advance()
+            if queue:
+                continue
+            due = self._market.peek_time()
+            if due is None:
+                return
+            sub.wakeup = trio.Event()
+            with trio.move_on_at(self._t0 + due / speed):
+                await sub.wakeup.wait()
+
+    @asynccontextmanager
+    async def stream_events(self) -> AsyncIterator[AsyncIterator[BrokerEvent]]:
+        self._live()
+        sub = _Subscriber(None)
+        self._event_subs.append(sub)
+        try:
+            yield self._events(sub)
+        finally:
+            self._event_subs.remove(sub)
+
+    async def _events(self, sub: _Subscriber) -> AsyncIterator[BrokerEvent]:
+        queue = sub.queue
+        while True:
+            while queue:
+                event = queue.popleft()
+                if event is None:
+                    return
+                yield event
+            sub.wakeup = trio.Event()
+            await sub.wakeup.wait()
