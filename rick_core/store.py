@@ -551,6 +551,29 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
+    def defer_checkpoints(self) -> None:
+        """Stop commits from checkpointing the WAL into the database file.
+
+        A checkpoint writes and syncs the database file: milliseconds that would
+        land on whichever commit crosses the threshold. A long-running writer
+        (the engine) calls this and then :meth:`checkpoint` from a worker thread
+        every second or so.
+        """
+        with self._lock:
+            self._db.conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file without blocking the writer.
+
+        Opens its own connection, so it may run in another thread while this
+        store keeps writing (SQLite's passive checkpoint takes no write lock).
+        """
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
     @property
     def schema_version(self) -> int:
         """The schema version of the open store (``PRAGMA user_version``)."""
@@ -776,16 +799,24 @@ class Store:
 
     # -- orders and fills together: the engine's hot path -------------------
 
-    def record(self, *, orders: Sequence[Order] = (), fills: Sequence[Fill] = ()) -> list[Fill]:
-        """Store what a venue reported, in one transaction; return the fills that were new.
+    def record(
+        self,
+        *,
+        new_orders: Sequence[tuple[Order, str | None]] = (),
+        orders: Sequence[Order] = (),
+        fills: Sequence[Fill] = (),
+    ) -> list[Fill]:
+        """Store new orders and what a venue reported, in one transaction; return
+        the fills that were new.
 
-        Each order's new state is written as by :meth:`update_order`; an order not
-        stored yet is inserted with no strategy (venues report orders rick did not
-        place). Then each fill is stored once, as by :meth:`insert_fill`. If any
-        order changes a stored request, :class:`StoreError` is raised and nothing
-        at all is written.
+        ``new_orders`` are ``(order, strategy)`` inserted as by :meth:`insert_order`
+        (a taken client order id is a :class:`StoreError`). Each of ``orders`` is
+        a new state written as by :meth:`update_order`; an order not stored yet
+        is inserted with no strategy (venues report orders rick did not place).
+        Then each fill is stored once, as by :meth:`insert_fill`. If anything is
+        refused, :class:`StoreError` is raised and nothing at all is written.
         """
-        if not orders and not fills:
+        if not new_orders and not orders and not fills:
             return []
         with self._lock:
             conn = self._db.conn
@@ -793,6 +824,14 @@ class Store:
             new: list[Fill] = []
             execute("BEGIN IMMEDIATE")
             try:
+                for order, strategy in new_orders:
+                    try:
+                        execute(_INSERT_ORDER_SQL, (*_order_values(order), strategy))
+                    except sqlite3.IntegrityError:
+                        raise StoreError(
+                            f"{self.path}: order {order.client_order_id} is already stored; "
+                            "use update_order to change it"
+                        ) from None
                 for order in orders:
                     values = _order_values(order)
                     if execute(_UPDATE_ORDER_SQL, values).rowcount != 1:

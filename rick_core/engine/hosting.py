@@ -38,15 +38,21 @@ __all__ = ["StrategyRunner"]
 log = structlog.get_logger("rick.strategy")
 
 
+QUOTE_BUFFER = 1024
+"""Quotes a strategy may fall behind by before older ones are conflated away."""
+
+
 class _Inbox:
-    """Events for one strategy: order events in a FIFO (never dropped), quotes
-    conflated to the latest per instrument, timers as a set of due names."""
+    """Events for one strategy: order events in a FIFO (never dropped), quotes in
+    a bounded FIFO that, when full, keeps only the latest quote per instrument
+    (conflation: a slow strategy sees fresh prices, not a backlog), timers as a
+    set of due names."""
 
     __slots__ = ("_events", "_quotes", "_timers", "_wakeup", "closed", "quotes_conflated")
 
     def __init__(self) -> None:
         self._events: deque[Order | Fill] = deque()
-        self._quotes: dict[str, Quote] = {}
+        self._quotes: deque[Quote] = deque()
         self._timers: dict[str, None] = {}
         self._wakeup = trio.Event()
         self.closed = False
@@ -57,9 +63,13 @@ class _Inbox:
         self._wakeup.set()
 
     def put_quote(self, quote: Quote) -> None:
-        if quote.instrument in self._quotes:
-            self.quotes_conflated += 1
-        self._quotes[quote.instrument] = quote
+        quotes = self._quotes
+        quotes.append(quote)
+        if len(quotes) > QUOTE_BUFFER:
+            latest = {q.instrument: q for q in quotes}
+            self.quotes_conflated += len(quotes) - len(latest)
+            quotes.clear()
+            quotes.extend(sorted(latest.values(), key=lambda q: q.time))
         self._wakeup.set()
 
     def put_timer(self, name: str) -> None:
@@ -71,16 +81,15 @@ class _Inbox:
         self._wakeup.set()
 
     async def take(self) -> Order | Fill | Quote | str | None:
-        """The next thing to handle: events first, then quotes (oldest instrument
-        first), then timers; None once closed and empty of events."""
+        """The next thing to handle: events first, then quotes (oldest first),
+        then timers; None once closed and empty of events."""
         while True:
             if self._events:
                 return self._events.popleft()
             if self.closed:
                 return None
             if self._quotes:
-                instrument = next(iter(self._quotes))
-                return self._quotes.pop(instrument)
+                return self._quotes.popleft()
             if self._timers:
                 name = next(iter(self._timers))
                 del self._timers[name]

@@ -1,8 +1,12 @@
 """The order manager: the one path every order takes, and the one writer of
 order state.
 
-An order is written to the store (status ``pending``) before it is sent; the
-broker's answer and every later update or fill is written as it arrives.
+An order is written to the store (status ``pending``) before it is sent, and
+every fill is written before anyone hears of it. Order state changes without
+a fill (an acknowledgement, a cancel) are written with the next write, or
+within :data:`FLUSH_DELAY` seconds: grouping them halves the commits on the
+order path, and a crash in between loses nothing the venue does not know (the
+next start reconciles the store with the venue).
 Updates never move an order backwards: a venue's late or repeated message
 (an ``open`` after the ``filled``, a fill seen twice) changes nothing.
 
@@ -34,6 +38,8 @@ from rick_core.broker import (
 )
 from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Position, utc_now
 from rick_core.strategy import TradingHalted
+
+from rick_core.store import StoreError
 
 if TYPE_CHECKING:
     from rick_core.store import Store
@@ -74,6 +80,9 @@ def _newer(current: Order, update: Order) -> bool:
     return _RANK[update.status] >= _RANK[current.status]
 
 
+FLUSH_DELAY = 0.002
+"""Longest time, in seconds, an order state change waits to be grouped with another write."""
+
 _FINAL_MEMORY = 10_000
 _OWNER_MEMORY = 100_000
 
@@ -106,6 +115,8 @@ class OrderManager:
         self._orders: dict[str, Order] = {}  # working orders
         self._final: OrderedDict[str, Order] = OrderedDict()  # recently final, bounded
         self._owners: OrderedDict[str, str | None] = OrderedDict()  # id -> strategy, bounded
+        self._pending: list[Order] = []  # order states not yet written
+        self._dirty = trio.Event()
         self._accepting = True
         self._in_flight = 0
         self._idle = trio.Event()
@@ -175,7 +186,12 @@ class OrderManager:
             raise TradingHalted("rick is stopping: no new orders are taken")
         broker = self._brokers[broker_name]
         order = Order(request=request, broker=broker_name, status=OrderStatus.PENDING)
-        self._store.insert_order(order, strategy=strategy)
+        pending, self._pending = self._pending, []
+        try:
+            self._store.record(new_orders=[(order, strategy)], orders=pending)
+        except BaseException:
+            self._pending[:0] = pending
+            raise
         coid = request.client_order_id
         self._orders[coid] = order
         self._owners[coid] = strategy
@@ -261,10 +277,14 @@ class OrderManager:
 
     # -- events from brokers -------------------------------------------------
 
-    def apply(self, events: Iterable[Order | Fill]) -> list[Order | Fill]:
-        """Record order updates and fills (one store transaction); tell the listener.
+    def apply(self, events: Iterable[Order | Fill], *, durable: bool = False) -> list[Order | Fill]:
+        """Record order updates and fills; tell the listener.
 
-        Returns what was new: order states that moved forward and fills not seen before.
+        Fills (and, with ``durable``, order states) are committed before this
+        returns, with every order state waiting to be written, in one
+        transaction; order states alone wait for the next write (at most
+        :data:`FLUSH_DELAY`). Returns what was new: order states that moved
+        forward and fills not seen before.
         """
         orders: list[Order] = []
         fills: list[Fill] = []
@@ -294,7 +314,12 @@ class OrderManager:
             orders.append(event)
         if not orders and not fills:
             return []
-        new_fills = self._store.record(orders=orders, fills=fills)
+        if fills or durable:
+            new_fills = self._write(orders, fills)
+        else:
+            new_fills = []
+            self._pending.extend(orders)
+            self._dirty.set()
         self.fills_seen += len(new_fills)
         changed: list[Order | Fill] = [*new_fills, *orders]
         for order in orders:
@@ -308,6 +333,42 @@ class OrderManager:
         for event in changed:
             self._listener(self.owner(event.client_order_id), event)
         return changed
+
+    # -- writing -------------------------------------------------------------
+
+    def _write(self, orders: list[Order], fills: list[Fill]) -> list[Fill]:
+        pending, self._pending = self._pending, []
+        try:
+            return self._store.record(orders=[*pending, *orders], fills=fills)
+        except StoreError:
+            # A venue report the store refuses (it would change a stored request):
+            # write the rest one by one so nothing else is lost, and say which.
+            new: list[Fill] = []
+            for order in [*pending, *orders]:
+                try:
+                    self._store.record(orders=[order])
+                except StoreError as exc:
+                    log.error("order update refused by the store", error=str(exc))
+            for fill in fills:
+                new += self._store.record(fills=[fill])
+            return new
+
+    def flush(self) -> None:
+        """Write every order state still waiting."""
+        if self._pending:
+            self._write([], [])
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write waiting order states within :data:`FLUSH_DELAY`; flush when cancelled."""
+        task_status.started()
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty = trio.Event()
+                await trio.sleep(FLUSH_DELAY)
+                self.flush()
+        finally:
+            self.flush()
 
     # -- helpers -------------------------------------------------------------
 
@@ -329,7 +390,7 @@ class OrderManager:
         final = attrs.evolve(
             order, status=status, reject_reason=reason, updated_at=max(utc_now(), order.created_at)
         )
-        self.apply([final])
+        self.apply([final], durable=True)
         log.info(
             "order rejected",
             client_order_id=order.client_order_id,
@@ -349,7 +410,7 @@ class OrderManager:
             reject_reason=_UNKNOWN_OUTCOME.format(why),
             updated_at=max(utc_now(), current.created_at),
         )
-        self.apply([submitted])
+        self.apply([submitted], durable=True)
         log.warning(
             "order outcome unknown",
             client_order_id=order.client_order_id,

@@ -16,6 +16,7 @@ order in a final or resumable state, under a shield.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -46,7 +47,7 @@ log = structlog.get_logger("rick.engine")
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
 ACCOUNT_POLL = 1.0
-ACCOUNT_SAVE_EVERY = 10.0
+CHECKPOINT_EVERY = 1.0
 
 
 class EngineError(RuntimeError):
@@ -299,6 +300,7 @@ class Engine:
                         await self._serve(duration)
                     finally:
                         root.cancel_scope.cancel()
+                        self.oms.flush()
                         with trio.CancelScope(shield=True) as cleanup:
                             cleanup.deadline = trio.current_time() + self.drain_timeout
                             await self._close_brokers()
@@ -313,6 +315,8 @@ class Engine:
 
     async def _serve(self, duration: float | None) -> None:
         async with trio.open_nursery() as services:
+            await services.start(self.oms.run)
+            services.start_soon(self._checkpoints)
             for service in self.services.values():
                 await services.start(service.run)
             strategies_scope = trio.CancelScope()
@@ -338,8 +342,16 @@ class Engine:
                 log.warning("strategies did not finish within the drain deadline; cancelled")
             with trio.move_on_after(self.drain_timeout):
                 await self.oms.wait_idle()
+            self.oms.flush()
             await self._save_accounts()
             services.cancel_scope.cancel()
+
+    async def _checkpoints(self) -> None:
+        # Commits on the order path never pay for a checkpoint: a worker thread does.
+        self.store.defer_checkpoints()
+        while True:
+            await trio.sleep(CHECKPOINT_EVERY)
+            await trio.to_thread.run_sync(self.store.checkpoint)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -376,10 +388,11 @@ class Engine:
     # -- events --------------------------------------------------------------
 
     def _dispatch(self, owner: str | None, event: Order | Fill) -> None:
-        if isinstance(event, Fill):
-            log.info("fill", strategy=owner, broker=event.broker, **describe(event))
-        elif event.status.is_final or event.status.value == "open":
-            log.info("order", strategy=owner, broker=event.broker, **describe(event))
+        # Debug level: the store holds every order and fill, and a log line each
+        # would cost more than the rest of the order path.
+        if _debug_logging():
+            kind = "fill" if isinstance(event, Fill) else "order"
+            log.debug(kind, strategy=owner, broker=event.broker, **describe(event))
         if owner is not None:
             runner = self._by_name.get(owner)
             if runner is not None and runner.running:
@@ -417,6 +430,10 @@ class Engine:
             "fills": self.oms.fills_seen,
             "rejections": self.oms.rejections,
         }
+
+
+def _debug_logging() -> bool:
+    return logging.getLogger("rick").isEnabledFor(logging.DEBUG)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
