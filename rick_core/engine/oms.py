@@ -37,9 +37,8 @@ from rick_core.broker import (
     TemporarilyUnavailable,
 )
 from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Position, utc_now
-from rick_core.strategy import TradingHalted
-
 from rick_core.store import StoreError
+from rick_core.strategy import TradingHalted
 
 if TYPE_CHECKING:
     from rick_core.store import Store
