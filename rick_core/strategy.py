@@ -165,7 +165,8 @@ class StrategyContext(Protocol):
     def position(self, instrument: str) -> Position | None:
         """The open position in ``instrument`` at this strategy's broker, or None when flat.
 
-        Refreshed from the broker after every fill, before the fill reaches the strategy.
+        Refreshed from the broker when an order call returns with a fill, and
+        after every fill the broker reports, before the fill reaches the strategy.
         """
 
     def positions(self) -> Sequence[Position]:

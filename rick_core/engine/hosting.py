@@ -98,6 +98,9 @@ class _Inbox:
             await self._wakeup.wait()
 
 
+_HANDLERS = {Quote: "on_quote", Fill: "on_fill", Order: "on_order"}
+
+
 def _price(value: Decimal | int | str | None) -> Decimal | None:
     if value is None or isinstance(value, Decimal):
         return value
@@ -186,7 +189,9 @@ class StrategyRunner:
                 self._log.info("order refused", reason=str(exc))
             except Exception:
                 self.errors += 1
-                self._log.exception("strategy handler failed", event=type(item).__name__)
+                self._log.exception(
+                    "strategy handler failed", handler=_HANDLERS.get(type(item), "on_timer")
+                )
             self.handled += 1
 
     def stop(self) -> None:
@@ -266,7 +271,12 @@ class StrategyRunner:
             tag=tag,
             **fields,
         )
-        return await self._oms.submit(self.name, self._service.name, request)
+        order = await self._oms.submit(self.name, self._service.name, request)
+        if order.filled_quantity:
+            # The position must include this fill as soon as the call returns,
+            # or a strategy checking it would enter twice.
+            await self._service.refresh_positions()
+        return order
 
     def _find(self, order: Order | str) -> Order:
         if isinstance(order, Order):

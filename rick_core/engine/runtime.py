@@ -83,6 +83,15 @@ class BrokerService:
             runners = self._subscribers.setdefault(instrument, [])
             if runner not in runners:
                 runners.append(runner)
+        for instrument in instruments:
+            if instrument not in self.last_quotes:
+                # So that last_quote() answers from on_start on, before the stream does.
+                try:
+                    self.last_quotes[instrument] = await self.broker.quote(instrument)
+                except BrokerError as exc:
+                    log.debug(
+                        "no first quote", broker=self.name, instrument=instrument, error=str(exc)
+                    )
         wanted = tuple(sorted(self._subscribers))
         if wanted == self._wanted:
             return
