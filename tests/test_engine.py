@@ -91,6 +91,12 @@ async def test_example_strategy_trades_end_to_end(
     for close in closes:
         parent = close.client_order_id.split(".")[0]
         assert parent in by_id
+    # The example shows its three moves: entries, a trailing stop, and a take
+    # profit cancelled to let a winner run.
+    momentum = engine.runners[0].strategy
+    assert momentum.entries >= 5  # type: ignore[attr-defined]
+    assert momentum.trails >= 1  # type: ignore[attr-defined]
+    assert momentum.runners >= 1  # type: ignore[attr-defined]
     # The positions derived from the stored fills are the broker's positions.
     broker = engine.services["paper"].broker
     assert isinstance(broker, PaperBroker)

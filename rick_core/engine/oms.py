@@ -294,21 +294,26 @@ class OrderManager:
             current = self.known(event.client_order_id)
             if current is not None and not _newer(current, event):
                 continue
-            if current is not None and (
-                event.request != current.request or event.created_at != current.created_at
-            ):
+            if current is not None:
                 # Only protection may change after the fact, and the order was
-                # created when rick stored it: keep the rest as stored.
-                event = attrs.evolve(
-                    event,
-                    request=attrs.evolve(
+                # created when rick stored it: keep the rest as stored. (Identity
+                # first: venues usually hand back the very request they were given.)
+                request = event.request
+                if request is not current.request and request != current.request:
+                    request = attrs.evolve(
                         current.request,
-                        stop_loss=event.request.stop_loss,
-                        take_profit=event.request.take_profit,
-                    ),
-                    created_at=current.created_at,
-                    updated_at=max(event.updated_at, current.created_at),
-                )
+                        stop_loss=request.stop_loss,
+                        take_profit=request.take_profit,
+                    )
+                else:
+                    request = current.request
+                if request is not event.request or event.created_at != current.created_at:
+                    event = attrs.evolve(
+                        event,
+                        request=request,
+                        created_at=current.created_at,
+                        updated_at=max(event.updated_at, current.created_at),
+                    )
             self._orders[event.client_order_id] = event
             orders.append(event)
         if not orders and not fills:

@@ -48,6 +48,7 @@ RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
 ACCOUNT_POLL = 1.0
 CHECKPOINT_EVERY = 1.0
+ACCOUNT_SAVE_EVERY = 10.0
 
 
 class EngineError(RuntimeError):
@@ -328,6 +329,9 @@ class Engine:
             services.start_soon(self._checkpoints)
             for service in self.services.values():
                 await services.start(service.run)
+            # The equity at start is what `rick pnl` measures the run against.
+            await self._save_accounts()
+            services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
             strategies_scope = trio.CancelScope()
             with strategies_scope:
                 async with trio.open_nursery() as strategies:
@@ -354,6 +358,11 @@ class Engine:
             self.oms.flush()
             await self._save_accounts()
             services.cancel_scope.cancel()
+
+    async def _save_accounts_every(self, seconds: float) -> None:
+        while True:
+            await trio.sleep(seconds)
+            await self._save_accounts()
 
     async def _checkpoints(self) -> None:
         # Commits on the order path never pay for a checkpoint: a worker thread does.
@@ -382,9 +391,7 @@ class Engine:
                     p.instrument: p.quantity for p in await service.broker.positions()
                 }
             except BrokerError as exc:
-                log.warning(
-                    "could not read the account at stop", broker=service.name, error=str(exc)
-                )
+                log.warning("could not read the account", broker=service.name, error=str(exc))
 
     async def _close_brokers(self) -> None:
         for service in self.services.values():
