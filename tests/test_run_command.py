@@ -209,3 +209,34 @@ def test_an_unknown_strategy_kind_is_refused_before_anything_starts(tmp_path: Pa
     assert "strategy 'x' (kind = 'momentom')" in result.output
     assert "did you mean 'momentum'?" in result.output
     assert not (tmp_path / "rick.db").exists() or Store.open(tmp_path / "rick.db").orders() == []
+
+
+def test_a_broker_that_cannot_start_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "rick.toml"
+    config.write_text(
+        '[brokers.paper]\nkind = "paper"\nreplay = "missing.jsonl"\n\n'
+        '[strategies.x]\nkind = "momentum"\nbroker = "paper"\ninstruments = ["EUR_USD"]\n',
+        "utf-8",
+    )
+    result = CliRunner().invoke(
+        _build_cli(), ["run", "--config", str(config)], env={"RICK_HOME": str(tmp_path)}
+    )
+    assert result.exit_code == 1
+    assert "Error: broker 'paper' failed to connect:" in result.output
+    assert "missing.jsonl" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_instrument_the_broker_does_not_list_stops_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "rick.toml"
+    config.write_text(
+        '[brokers.paper]\nkind = "paper"\ninstruments = ["EUR_USD"]\npersist = false\n\n'
+        '[strategies.x]\nkind = "momentum"\nbroker = "paper"\n'
+        'instruments = ["EUR_USD", "GBP_USD"]\n',
+        "utf-8",
+    )
+    result = CliRunner().invoke(
+        _build_cli(), ["run", "--config", str(config)], env={"RICK_HOME": str(tmp_path)}
+    )
+    assert result.exit_code == 1
+    assert "strategy 'x': broker 'paper' does not list GBP_USD; it trades EUR_USD" in result.output

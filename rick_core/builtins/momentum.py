@@ -81,14 +81,16 @@ class Momentum(Strategy):
         spreads.append(quote.spread)
         if symbol in self._busy:
             return
+        if self._cooldown.get(symbol, 0) > 0:
+            self._cooldown[symbol] -= 1
+            return
+        if self.ctx.open_orders(symbol):
+            return  # an entry the venue has not filled (or not answered) yet: never a second
         position = self.ctx.position(symbol)
         if position is not None:
             await self._manage(position, quote)
             return
         self._best.pop(symbol, None)
-        if self._cooldown.get(symbol, 0) > 0:
-            self._cooldown[symbol] -= 1
-            return
         if len(mids) < mids.maxlen:  # type: ignore[operator]
             return
         direction = self._momentum(symbol)
@@ -135,8 +137,14 @@ class Momentum(Strategy):
                 order = await self.ctx.sell(
                     symbol, quantity, stop_loss=stop, take_profit=target, tag="momentum"
                 )
+        except BrokerError as exc:  # outcome unknown: wait, never pile orders on a sick venue
+            self._cooldown[symbol] = self.params.cooldown * 4
+            self.ctx.log.warning("entry failed", instrument=symbol, error=str(exc))
+            return
         finally:
             self._busy.discard(symbol)
+        if order.status.value == "rejected":
+            return  # on_order has logged it and set the cooldown
         self.entries += 1
         self.ctx.log.info(
             "momentum entry",
@@ -182,8 +190,9 @@ class Momentum(Strategy):
                 stop_loss=KEEP if stop_loss is None else stop_loss,
                 take_profit=None if take_profit_off else KEEP,
             )
-        except BrokerError as exc:  # the position closed meanwhile, say: try next quote
+        except BrokerError as exc:  # the position closed meanwhile, or the venue is down
             self.ctx.log.info("protection not changed", instrument=symbol, reason=str(exc))
+            self._cooldown[symbol] = self.params.cooldown
             return
         finally:
             self._busy.discard(symbol)

@@ -39,7 +39,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
     import structlog
     import trio
 
-    from rick_core.engine.runtime import Engine, EngineError
+    from rick_core.engine.runtime import Engine, EngineError, first_leaf
     from rick_core.engine.status import StatusLine, show_status
     from rick_core.logs import close_logging, configure_logging
     from rick_core.store import Store, StoreError
@@ -92,6 +92,11 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                 trio.run(main)
             except EngineError as exc:
                 raise click.ClickException(str(exc)) from None
+            except BaseExceptionGroup as group:  # the status task's nursery wraps it
+                startup, rest = group.split(EngineError)
+                if startup is None or rest is not None:
+                    raise
+                raise click.ClickException(str(first_leaf(startup))) from None
             finally:
                 if line is not None:
                     line.clear()

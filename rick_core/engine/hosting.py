@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from rick_core.broker import KEEP, Keep
+from rick_core.broker import KEEP, BrokerError, Keep
 from rick_core.model import (
     Account,
     Fill,
@@ -275,7 +275,10 @@ class StrategyRunner:
         if order.filled_quantity:
             # The position must include this fill as soon as the call returns,
             # or a strategy checking it would enter twice.
-            await self._service.refresh_positions()
+            try:
+                await self._service.refresh_positions()
+            except BrokerError as exc:  # the order stands; the next fill event refreshes
+                self._log.warning("positions not refreshed", error=str(exc))
         return order
 
     def _find(self, order: Order | str) -> Order:

@@ -5,8 +5,9 @@ An order is written to the store (status ``pending``) before it is sent, and
 every fill is written before anyone hears of it. Order state changes without
 a fill (an acknowledgement, a cancel) are written with the next write, or
 within :data:`FLUSH_DELAY` seconds: grouping them halves the commits on the
-order path, and a crash in between loses nothing the venue does not know (the
-next start reconciles the store with the venue).
+order path, and a crash in between loses nothing the venue does not know: the
+venue holds the truth, and reconciling the store with it on start (issue #5,
+not built yet) recovers it.
 Updates never move an order backwards: a venue's late or repeated message
 (an ``open`` after the ``filled``, a fill seen twice) changes nothing.
 
@@ -70,7 +71,10 @@ def _newer(current: Order, update: Order) -> bool:
     if update.filled_quantity > current.filled_quantity:
         return True
     if update.status is current.status:
-        # Same fills and status: only protection or venue id may have changed.
+        # Same fills and status: only protection or venue id may have changed,
+        # and a late echo of an older state must not undo a newer change.
+        if update.updated_at < current.updated_at:
+            return False
         return (
             update.request.stop_loss != current.request.stop_loss
             or update.request.take_profit != current.request.take_profit
@@ -356,6 +360,11 @@ class OrderManager:
             for fill in fills:
                 new += self._store.record(fills=[fill])
             return new
+        except BaseException:
+            # The store could not write (a full disk, say): keep the waiting states
+            # for the next attempt and let the caller fail loudly.
+            self._pending[:0] = pending
+            raise
 
     def flush(self) -> None:
         """Write every order state still waiting."""
@@ -391,6 +400,17 @@ class OrderManager:
             self._idle.set()
 
     def _record_final(self, order: Order, status: OrderStatus, reason: str) -> Order:
+        current = self.known(order.client_order_id) or order
+        if current.status is not OrderStatus.PENDING:
+            # The venue's stream already told us it has the order: a local error
+            # after that (a garbled reply) must not bury a live order as rejected.
+            log.warning(
+                "order call failed after the venue accepted the order",
+                client_order_id=order.client_order_id,
+                status=current.status.value,
+                error=reason,
+            )
+            return current
         final = attrs.evolve(
             order, status=status, reject_reason=reason, updated_at=max(utc_now(), order.created_at)
         )

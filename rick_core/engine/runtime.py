@@ -16,11 +16,12 @@ order in a final or resumable state, under a shield.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from rick_core.broker import Broker, BrokerError, Disconnected, TemporarilyUnavailable
+from rick_core.broker import Broker, BrokerError
 from rick_core.components import ComponentSetup
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
@@ -46,6 +47,7 @@ log = structlog.get_logger("rick.engine")
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
+SUBSCRIBE_TIMEOUT = 10.0
 ACCOUNT_POLL = 1.0
 CHECKPOINT_EVERY = 1.0
 ACCOUNT_SAVE_EVERY = 10.0
@@ -74,12 +76,37 @@ class BrokerService:
         self._generation = 0
         self._subscribed_generation = -1
         self._subscribed = trio.Event()
+        self._changed = trio.Event()
         self._resubscribe: trio.CancelScope | None = None
 
     # -- subscriptions -------------------------------------------------------
 
-    async def subscribe(self, runner: StrategyRunner, instruments: Iterable[str]) -> None:
-        """Deliver quotes of ``instruments`` to ``runner``; return once subscribed."""
+    def unknown(self, instruments: Iterable[str]) -> list[str]:
+        """Which of ``instruments`` this broker does not list (none if it lists nothing)."""
+        if not self.instruments:
+            return []
+        return [i for i in instruments if i not in self.instruments]
+
+    async def subscribe(
+        self,
+        runner: StrategyRunner,
+        instruments: Iterable[str],
+        *,
+        confirm_within: float = SUBSCRIBE_TIMEOUT,
+    ) -> None:
+        """Deliver quotes of ``instruments`` to ``runner``; return once the venue
+        subscription includes them, or after ``confirm_within`` seconds while the feed
+        is down (the quotes then arrive when it is back).
+
+        Raises ValueError for an instrument the broker does not list.
+        """
+        instruments = list(instruments)
+        unknown = self.unknown(instruments)
+        if unknown:
+            raise ValueError(
+                f"broker {self.name!r} does not list {', '.join(unknown)}; "
+                f"it trades {', '.join(sorted(self.instruments))}"
+            )
         for instrument in instruments:
             runners = self._subscribers.setdefault(instrument, [])
             if runner not in runners:
@@ -94,15 +121,22 @@ class BrokerService:
                         "no first quote", broker=self.name, instrument=instrument, error=str(exc)
                     )
         wanted = tuple(sorted(self._subscribers))
-        if wanted == self._wanted:
-            return
-        self._wanted = wanted
-        self._generation += 1
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._generation += 1
+            self._changed.set()
+            if self._resubscribe is not None:
+                self._resubscribe.cancel()
         generation = self._generation
-        if self._resubscribe is not None:
-            self._resubscribe.cancel()
-        while self._subscribed_generation < generation:
-            await self._subscribed.wait()
+        with trio.move_on_after(confirm_within) as waiting:
+            while self._subscribed_generation < generation:
+                await self._subscribed.wait()
+        if waiting.cancelled_caught:
+            log.warning(
+                "quote subscription not confirmed; quotes arrive once the feed is back",
+                broker=self.name,
+                strategy=runner.name,
+            )
 
     def unsubscribe(self, runner: StrategyRunner) -> None:
         """Stop delivering quotes to ``runner`` (the venue subscription stays)."""
@@ -116,13 +150,13 @@ class BrokerService:
         """Connect, subscribe to events, and serve until cancelled."""
         try:
             await self.broker.connect()
+            self.connected = True
+            self.instruments = {i.symbol: i for i in await self.broker.instruments()}
+            await self.refresh_positions()
+            self.account = await self.broker.account()
         except Exception as exc:  # a venue error, or a plugin's own (a missing file, say)
             raise EngineError(f"broker {self.name!r} failed to connect: {exc}") from exc
-        self.connected = True
         log.info("broker connected", broker=self.name)
-        self.instruments = {i.symbol: i for i in await self.broker.instruments()}
-        await self.refresh_positions()
-        self.account = await self.broker.account()
         async with trio.open_nursery() as nursery:
             await nursery.start(self._events)
             nursery.start_soon(self._quotes)
@@ -148,13 +182,20 @@ class BrokerService:
                     async for event in events:
                         if isinstance(event, Fill):
                             # The broker booked the fill before reporting it: the
-                            # strategy sees the position that includes it.
-                            await self.refresh_positions()
+                            # strategy sees the position that includes it. A failed
+                            # refresh must not cost the fill itself.
+                            try:
+                                await self.refresh_positions()
+                            except BrokerError as exc:
+                                log.warning(
+                                    "positions not refreshed", broker=self.name, error=str(exc)
+                                )
                         oms.apply((event,))
-            except TemporarilyUnavailable as exc:
+            except BrokerError as exc:
                 if not started:
                     raise EngineError(f"broker {self.name!r}: event stream failed: {exc}") from exc
-                log.warning("event stream lost", broker=self.name, error=str(exc))
+                level = log.warning if exc.retryable else log.error
+                level("event stream lost; reconnecting", broker=self.name, error=str(exc))
             delay = await _backoff(delay)
 
     async def _quotes(self) -> None:
@@ -164,7 +205,9 @@ class BrokerService:
                 self._subscribed_generation = self._generation
                 self._subscribed.set()
                 self._subscribed = trio.Event()
-                await trio.sleep(0.05)
+                self._changed = trio.Event()
+                if not self._wanted:
+                    await self._changed.wait()
                 continue
             generation = self._generation
             with trio.CancelScope() as scope:
@@ -183,12 +226,17 @@ class BrokerService:
                             for runner in subscribers.get(quote.instrument, ()):
                                 runner.inbox.put_quote(quote)
                     log.warning("quote stream ended; resubscribing", broker=self.name)
-                except (Disconnected, TemporarilyUnavailable) as exc:
-                    log.warning("quote stream lost", broker=self.name, error=str(exc))
+                except BrokerError as exc:
+                    level = log.warning if exc.retryable else log.error
+                    level("quote stream lost", broker=self.name, error=str(exc))
             self._resubscribe = None
             if scope.cancelled_caught:
                 continue  # a new subscription set: resubscribe at once
-            delay = await _backoff(delay)
+            # Back off, but a new subscription set tries again at once.
+            self._changed = trio.Event()
+            with trio.move_on_after(delay * random.uniform(0.5, 1.5)):
+                await self._changed.wait()
+            delay = min(delay * 2, RECONNECT_MAX)
 
     async def _poll_account(self) -> None:
         while True:
@@ -230,14 +278,17 @@ class Engine:
                 broker=self.services[broker],
                 instruments=instruments,
                 oms=self.oms,
-                clock=clock,
+                # A simulated venue keeps its own time; strategies live by it.
+                clock=getattr(brokers[broker], "now", clock),
             )
             for strategy, broker, instruments in strategies
         ]
         self._by_name = {r.name: r for r in self.runners}
         self._stop = trio.Event()
+        self._startup_scopes: list[trio.CancelScope] = []
         self._force = trio.CancelScope()
         self.started = trio.Event()
+        self.finished = trio.Event()
         self.stopped = False
         self.forced = False
         self.final_positions: dict[str, dict[str, Decimal]] = {}
@@ -292,6 +343,8 @@ class Engine:
         if not self._stop.is_set():
             self.stop_reason = reason
             self._stop.set()
+            for scope in self._startup_scopes:  # stopping while still starting
+                scope.cancel()
 
     def force_stop(self) -> None:
         """Cancel everything now; interrupted orders are still recorded."""
@@ -312,52 +365,83 @@ class Engine:
                         root.cancel_scope.cancel()
                         self.oms.flush()
                         with trio.CancelScope(shield=True) as cleanup:
-                            cleanup.deadline = trio.current_time() + self.drain_timeout
+                            cleanup.deadline = trio.current_time() + min(self.drain_timeout, 5)
                             await self._close_brokers()
         except BaseExceptionGroup as group:
             # Nurseries wrap errors in groups; a start-up failure is one clear error.
             startup, _ = group.split(EngineError)
             if startup is None:
                 raise
-            raise _first_leaf(startup) from group
+            raise first_leaf(startup) from group
         self.stopped = True
+        self.finished.set()
         log.info("engine stopped", reason=self.stop_reason or "done")
 
     async def _serve(self, duration: float | None) -> None:
         async with trio.open_nursery() as services:
             await services.start(self.oms.run)
             services.start_soon(self._checkpoints)
-            for service in self.services.values():
-                await services.start(service.run)
-            # The equity at start is what `rick pnl` measures the run against.
-            await self._save_accounts()
-            services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
+            with self._until_stop():
+                for service in self.services.values():
+                    await services.start(service.run)
+                self._check_instruments()
+                # The equity at start is what `rick pnl` measures the run against.
+                await self._save_accounts()
+            if not self._stop.is_set():
+                services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
             strategies_scope = trio.CancelScope()
             with strategies_scope:
                 async with trio.open_nursery() as strategies:
-                    for runner in self.runners:
-                        await strategies.start(runner.run)
-                    self.started.set()
-                    log.info(
-                        "engine started",
-                        brokers=sorted(self.services),
-                        strategies=[r.name for r in self.runners],
-                    )
-                    with trio.move_on_after(math.inf if duration is None else duration):
-                        await self._stop.wait()
+                    with self._until_stop():
+                        for runner in self.runners:
+                            await strategies.start(runner.run)
+                    if not self._stop.is_set():
+                        self.started.set()
+                        log.info(
+                            "engine started",
+                            brokers=sorted(self.services),
+                            strategies=[r.name for r in self.runners],
+                        )
+                        with trio.move_on_after(math.inf if duration is None else duration):
+                            await self._stop.wait()
                     self.stop_reason = self.stop_reason or "duration reached"
                     log.info("engine stopping", reason=self.stop_reason)
                     self.oms.stop_accepting()
-                    strategies_scope.deadline = trio.current_time() + self.drain_timeout
+                    # One deadline for the whole drain: strategies, broker calls, snapshots.
+                    deadline = trio.current_time() + self.drain_timeout
+                    strategies_scope.deadline = deadline
                     for runner in self.runners:
                         runner.stop()
             if strategies_scope.cancelled_caught:
                 log.warning("strategies did not finish within the drain deadline; cancelled")
-            with trio.move_on_after(self.drain_timeout):
+            with trio.move_on_at(deadline):
                 await self.oms.wait_idle()
             self.oms.flush()
-            await self._save_accounts()
+            with trio.move_on_at(max(deadline, trio.current_time() + 1.0)):
+                await self._save_accounts()
             services.cancel_scope.cancel()
+
+    @contextlib.contextmanager
+    def _until_stop(self) -> Iterator[trio.CancelScope]:
+        """A scope that a stop request cancels: start-up never outlives a Ctrl-C."""
+        with trio.CancelScope() as scope:
+            if self._stop.is_set():
+                scope.cancel()
+            self._startup_scopes.append(scope)
+            try:
+                yield scope
+            finally:
+                self._startup_scopes.remove(scope)
+
+    def _check_instruments(self) -> None:
+        for runner in self.runners:
+            service = self.services[runner.broker]
+            unknown = service.unknown(runner.instruments)
+            if unknown:
+                raise EngineError(
+                    f"strategy {runner.name!r}: broker {service.name!r} does not list "
+                    f"{', '.join(unknown)}; it trades {', '.join(sorted(service.instruments))}"
+                )
 
     async def _save_accounts_every(self, seconds: float) -> None:
         while True:
@@ -369,7 +453,8 @@ class Engine:
         self.store.defer_checkpoints()
         while True:
             await trio.sleep(CHECKPOINT_EVERY)
-            await trio.to_thread.run_sync(self.store.checkpoint)
+            # Abandoned on cancel: a stop never waits for a checkpoint in progress.
+            await trio.to_thread.run_sync(self.store.checkpoint, abandon_on_cancel=True)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -452,9 +537,10 @@ def _debug_logging() -> bool:
     return logging.getLogger("rick").isEnabledFor(logging.DEBUG)
 
 
-def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception in ``group``, however deeply nested."""
     first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _build(plugins: PluginSet, kind: Any, name: str, setup: Any, what: str) -> Any:

@@ -224,6 +224,7 @@ class PaperBroker(Broker):
         self._account: PaperAccount | None = None
         self._t0 = 0.0
         self._start = utc_now()
+        self._last_quote_time: datetime | None = None
         self._quote_subs: list[_Subscriber] = []
         self._event_subs: list[_Subscriber] = []
         self.quotes_generated = 0
@@ -295,24 +296,36 @@ class PaperBroker(Broker):
         return self._market, self._account
 
     def now(self) -> datetime:
-        """The simulated time: the start plus trio time elapsed, scaled by ``speed``."""
-        speed = self.options.speed or 1.0
-        return self._start + timedelta(seconds=(trio.current_time() - self._t0) * speed)
+        """The simulated time: the start plus trio time elapsed, scaled by ``speed``;
+        with ``speed = 0``, the time of the latest quote (the market runs ahead of
+        the clock), never before the start plus trio time elapsed."""
+        speed = self.options.speed
+        clock = self._start + timedelta(seconds=(trio.current_time() - self._t0) * (speed or 1.0))
+        if not speed and self._last_quote_time is not None:
+            return max(clock, self._last_quote_time)
+        return clock
+
+    def _due_at(self, offset: float) -> float:
+        """The trio time at which the quote due ``offset`` simulated seconds after the
+        start is generated. Every comparison goes through this one formula, so a
+        sleep until that time always finds the quote due (no float mismatch)."""
+        return self._t0 + offset / self.options.speed
 
     def _advance(self, *, at_most: int | None = None) -> int:
         """Generate and apply every quote due by now (``speed > 0``), or the next
         ``at_most`` quotes (``speed = 0``). Returns how many."""
         market, account = self._live()
-        speed = self.options.speed
-        horizon = (trio.current_time() - self._t0) * speed if speed else math.inf
+        paced = bool(self.options.speed)
+        now = trio.current_time()
         count = 0
         limit = math.inf if at_most is None else at_most
         peek = market.peek_time
         while count < limit:
             due = peek()
-            if due is None or due > horizon:
+            if due is None or (paced and self._due_at(due) > now):
                 break
             quote = market.next_quote()
+            self._last_quote_time = quote.time
             count += 1
             events = account.on_quote(quote)
             if events:
@@ -468,7 +481,7 @@ class PaperBroker(Broker):
             if due is None:
                 return
             sub.wakeup = trio.Event()
-            with trio.move_on_at(self._t0 + due / speed):
+            with trio.move_on_at(self._due_at(due)):
                 await sub.wakeup.wait()
 
     @asynccontextmanager
