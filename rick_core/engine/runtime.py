@@ -61,10 +61,10 @@ class BrokerService:
     """One connected broker: its event stream, its quote stream (fanned out to
     the strategies subscribed), its positions and account as last seen."""
 
-    def __init__(self, name: str, broker: Broker, oms_ref: Callable[[], OrderManager]) -> None:
+    def __init__(self, name: str, broker: Broker, oms: OrderManager) -> None:
         self.name = name
         self.broker = broker
-        self._oms = oms_ref
+        self._oms = oms
         self.connected = False
         self.positions: dict[str, Position] = {}
         self.last_quotes: dict[str, Quote] = {}
@@ -178,7 +178,7 @@ class BrokerService:
                         started = True
                         task_status.started()
                     delay = RECONNECT_MIN
-                    oms = self._oms()
+                    oms = self._oms
                     async for event in events:
                         if isinstance(event, Fill):
                             # The broker booked the fill before reporting it: the
@@ -268,10 +268,8 @@ class Engine:
         """``strategies`` are ``(strategy, broker name, instruments)``."""
         self.store = store
         self.drain_timeout = drain_timeout
-        self.services = {
-            name: BrokerService(name, b, lambda: self.oms) for name, b in brokers.items()
-        }
         self.oms = OrderManager(store, dict(brokers), self._dispatch)
+        self.services = {name: BrokerService(name, b, self.oms) for name, b in brokers.items()}
         self.runners = [
             StrategyRunner(
                 strategy,
@@ -292,6 +290,7 @@ class Engine:
         self.stopped = False
         self.forced = False
         self.final_positions: dict[str, dict[str, Decimal]] = {}
+        """Each broker's positions (instrument -> quantity) when the account was last saved."""
         self.stop_reason = ""
 
     @classmethod
