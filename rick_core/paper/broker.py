@@ -68,7 +68,7 @@ from rick_core.paper.account import PaperAccount, PaperSettings
 from rick_core.paper.market import DEFAULT_UNIVERSE, QuoteSource, ReplayMarket, SimulatedMarket
 from rick_core.symbols import SeparatorSymbolMap
 
-__all__ = ["PaperBroker", "PaperOptions", "paper_broker"]
+__all__ = ["PaperBroker", "PaperOptions"]
 
 FAST_BATCH = 64
 """Quotes a stream hands out between checkpoints when ``speed = 0``."""
@@ -191,11 +191,6 @@ class PaperOptions:
                 ) from None
             result[asset_class] = self._decimal(value, f"{key}.{name}")
         return result
-
-
-def paper_broker(setup: ComponentSetup) -> PaperBroker:
-    """The ``paper`` broker factory."""
-    return PaperBroker(setup)
 
 
 class PaperBroker(Broker):
