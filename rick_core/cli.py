@@ -27,6 +27,17 @@ CORE_COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "init": ("rick_core.commands.init", "init", "Write a commented default rick.toml."),
     "plugins": ("rick_core.commands.plugins", "plugins", "List installed plugins and their hooks."),
     "run": ("rick_core.commands.run", "run", "Run the strategies (paper trading by default)."),
+    "creds": (
+        "rick_core.commands.creds",
+        "creds",
+        "Store broker credentials in the encrypted vault.",
+    ),
+    "apikey": (
+        "rick_core.commands.apikey",
+        "apikey",
+        "Create and revoke API keys for rick's interfaces.",
+    ),
+    "audit": ("rick_core.commands.audit", "audit", "Verify, query and export the audit log."),
     "orders": ("rick_core.commands.orders", "orders", "List stored orders, newest last."),
     "fills": ("rick_core.commands.fills", "fills", "List stored fills, newest last."),
     "positions": ("rick_core.commands.positions", "positions", "Show net positions from fills."),

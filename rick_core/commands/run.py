@@ -6,11 +6,20 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from rick_core.commands._common import config_option, current_plugin_set, load_config_or_exit
+from rick_core.engine.auditing import ENGINE as ENGINE_ACTOR
+
+if TYPE_CHECKING:
+    from rick_core.config import RickConfig
+    from rick_core.engine.runtime import Engine
+    from rick_core.plugins import PluginSet
+    from rick_core.security.audit import AuditLog
+    from rick_core.security.records import AuditSink
+    from rick_core.security.vault import Vault
 
 
 @click.command()
@@ -42,6 +51,8 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
     from rick_core.engine.runtime import Engine, EngineError, first_leaf
     from rick_core.engine.status import StatusLine, show_status
     from rick_core.logs import close_logging, configure_logging
+    from rick_core.plugins import ComponentInvalid, ComponentMissing
+    from rick_core.security.audit import AuditTrail
     from rick_core.store import Store, StoreError
 
     config = load_config_or_exit(config_path)
@@ -68,13 +79,23 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
             store = Store.open(config.store_path)
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
+        audit_log = _open_audit_log(config)
         try:
+            holder: list[Engine] = []
+            vault = _open_vault(config, holder, log)
             try:
+                trail = AuditTrail(audit_log, _audit_sinks(config, plugins))
                 engine = Engine.from_config(
-                    config, plugins, store=store, drain_timeout=drain_timeout
+                    config,
+                    plugins,
+                    store=store,
+                    drain_timeout=drain_timeout,
+                    audit=trail,
+                    vault=vault,
                 )
-            except EngineError as exc:
+            except (EngineError, ComponentMissing, ComponentInvalid) as exc:
                 raise click.ClickException(str(exc)) from None
+            holder.append(engine)
             source = config.source or "embedded defaults (no rick.toml; `rick init` writes one)"
             log.info(
                 "rick run", config=str(source), store=str(config.store_path), mode=config.mode.value
@@ -101,6 +122,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                 if line is not None:
                     line.clear()
         finally:
+            audit_log.close()
             store.close()
     finally:
         lock.close()
@@ -113,6 +135,64 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
     )
     if engine.forced:
         sys.exit(130)
+
+
+def _open_audit_log(config: RickConfig) -> AuditLog:
+    from rick_core.security.audit import AuditError, AuditLog
+
+    try:
+        return AuditLog.open(config.home / "audit.db")
+    except (AuditError, OSError) as exc:
+        raise click.ClickException(
+            f"cannot open the audit log: {exc}. rick does not trade without one."
+        ) from None
+
+
+def _audit_sinks(config: RickConfig, plugins: PluginSet) -> list[AuditSink]:
+    """Every configured ``[audit_sinks.<name>]``, built by its plugin."""
+    from rick_core.components import ComponentSetup
+
+    where = str(config.source) if config.source else "<embedded defaults>"
+    return [
+        plugins.build(
+            "audit_sink",
+            sink.kind,
+            ComponentSetup(
+                name=name,
+                options=sink.options,
+                home=config.home,
+                source=f"{where} [audit_sinks.{name}]",
+            ),
+        )
+        for name, sink in config.audit_sinks.items()
+    ]
+
+
+def _open_vault(config: RickConfig, engine: list[Engine], log: Any) -> Vault | None:
+    """The credential vault, if there is one; each credential read is audited."""
+    from rick_core.security.records import AuditRecord, EventType
+    from rick_core.security.vault import VAULT_FILENAME, Vault, VaultError
+
+    if not (config.home / VAULT_FILENAME).exists():
+        return None
+
+    def audited(event: str, component: str, name: str) -> None:
+        if event == "accessed" and engine:
+            engine[0].audit.offer(
+                AuditRecord(
+                    type=EventType.CREDENTIAL_ACCESSED,
+                    actor=ENGINE_ACTOR,
+                    details={"component": component, "name": name},
+                )
+            )
+
+    try:
+        return Vault.open(config.home, create=False, on_event=audited)
+    except VaultError as exc:
+        # Paper trading needs no credentials: carry on, and say why brokers
+        # that need one will not find it.
+        log.warning("the credential vault is not open; brokers get no credentials", error=str(exc))
+        return None
 
 
 def _lock(store_path: Path) -> IO[Any]:

@@ -21,7 +21,7 @@ start; an order that was never sent is ``rejected`` with a reason.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,10 @@ _RANK = {
 Listener = Callable[[str | None, Order | Fill], None]
 """Told of every stored order change and new fill: (owning strategy or None, event)."""
 
+BeforeSend = Callable[[str, Order], Awaitable[None]]
+"""Awaited with (strategy, the stored pending order) just before it is sent; raising
+:class:`TradingHalted` stops the send (the order is then recorded as not sent)."""
+
 
 class OrderManager:
     """Sends orders and records their life. Owned by the engine; one per run.
@@ -111,10 +115,18 @@ class OrderManager:
     order state and each new fill, and the owning strategy's name.
     """
 
-    def __init__(self, store: Store, brokers: dict[str, Broker], listener: Listener) -> None:
+    def __init__(
+        self,
+        store: Store,
+        brokers: dict[str, Broker],
+        listener: Listener,
+        *,
+        before_send: BeforeSend | None = None,
+    ) -> None:
         self._store = store
         self._brokers = brokers
         self._listener = listener
+        self._before_send = before_send
         self._orders: dict[str, Order] = {}  # working orders
         self._final: OrderedDict[str, Order] = OrderedDict()  # recently final, bounded
         self._owners: OrderedDict[str, str | None] = OrderedDict()  # id -> strategy, bounded
@@ -203,6 +215,8 @@ class OrderManager:
         self._enter()
         sent = False
         try:
+            if self._before_send is not None:
+                await self._before_send(strategy, order)
             await trio.lowlevel.checkpoint_if_cancelled()
             sent = True
             ack = await broker.place_order(request)
@@ -216,12 +230,14 @@ class OrderManager:
             self.rejections += 1
             return self._record_final(order, OrderStatus.REJECTED, str(exc))
         except BaseException as exc:
-            # Cancelled (forced shutdown) or a bug in the broker: never leave it pending.
-            # Synchronous store writes: they complete even under cancellation.
+            # Cancelled (forced shutdown), halted before the send, or a bug in the
+            # broker: never leave it pending. Synchronous store writes: they
+            # complete even under cancellation.
             if sent:
                 self._record_unknown(order, type(exc).__name__)
             else:
-                self._record_final(order, OrderStatus.REJECTED, _NOT_SENT)
+                why = str(exc) if isinstance(exc, TradingHalted) else _NOT_SENT
+                self._record_final(order, OrderStatus.REJECTED, why)
             raise
         finally:
             self._exit()

@@ -30,15 +30,19 @@ import structlog
 import trio
 
 from rick_core.broker import Broker, BrokerError
-from rick_core.components import ComponentSetup
+from rick_core.components import ComponentSetup, NoCredentials
+from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, EngineAudit
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
 from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
+from rick_core.security.records import EventType
 from rick_core.strategy import Strategy, StrategySetup
 
 if TYPE_CHECKING:
     from rick_core.config import RickConfig
     from rick_core.plugins import PluginSet
+    from rick_core.security.audit import AuditTrail
+    from rick_core.security.vault import Vault
     from rick_core.store import Store
 
 __all__ = ["BrokerService", "Engine", "EngineError"]
@@ -51,6 +55,7 @@ SUBSCRIBE_TIMEOUT = 10.0
 ACCOUNT_POLL = 1.0
 CHECKPOINT_EVERY = 1.0
 ACCOUNT_SAVE_EVERY = 10.0
+VAULT_POLL = 2.0
 
 
 class EngineError(RuntimeError):
@@ -78,6 +83,7 @@ class BrokerService:
         self._subscribed = trio.Event()
         self._changed = trio.Event()
         self._resubscribe: trio.CancelScope | None = None
+        self._session: trio.CancelScope | None = None
 
     # -- subscriptions -------------------------------------------------------
 
@@ -147,21 +153,55 @@ class BrokerService:
     # -- running -------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, subscribe to events, and serve until cancelled."""
+        """Connect, subscribe to events, and serve until cancelled; reconnect
+        when :meth:`request_reconnect` asks (a rotated credential, say)."""
         try:
-            await self.broker.connect()
-            self.connected = True
-            self.instruments = {i.symbol: i for i in await self.broker.instruments()}
-            await self.refresh_positions()
-            self.account = await self.broker.account()
+            await self._connect()
         except Exception as exc:  # a venue error, or a plugin's own (a missing file, say)
             raise EngineError(f"broker {self.name!r} failed to connect: {exc}") from exc
+        started = False
+        while True:
+            with trio.CancelScope() as session:
+                self._session = session
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._events)
+                    nursery.start_soon(self._quotes)
+                    nursery.start_soon(self._poll_account)
+                    if not started:
+                        started = True
+                        task_status.started()
+            self._session = None
+            await self._reconnect()
+
+    def request_reconnect(self, why: str) -> None:
+        """Close and reopen the connection (streams resubscribe on their own)."""
+        if self._session is not None:
+            log.info("reconnecting", broker=self.name, reason=why)
+            self._session.cancel()
+
+    async def _connect(self) -> None:
+        await self.broker.connect()
+        self.connected = True
+        self.instruments = {i.symbol: i for i in await self.broker.instruments()}
+        await self.refresh_positions()
+        self.account = await self.broker.account()
         log.info("broker connected", broker=self.name)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self._events)
-            nursery.start_soon(self._quotes)
-            nursery.start_soon(self._poll_account)
-            task_status.started()
+
+    async def _reconnect(self) -> None:
+        self.connected = False
+        with trio.move_on_after(10):
+            try:
+                await self.broker.close()
+            except Exception:
+                log.exception("broker close failed", broker=self.name)
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                await self._connect()
+                return
+            except Exception as exc:
+                log.warning("reconnect failed", broker=self.name, error=str(exc))
+            delay = await _backoff(delay)
 
     async def refresh_positions(self) -> None:
         self.positions = {p.instrument: p for p in await self.broker.positions()}
@@ -264,12 +304,25 @@ class Engine:
         strategies: Sequence[tuple[Strategy, str, tuple[str, ...]]],
         drain_timeout: float = 5.0,
         clock: Callable[[], datetime] = utc_now,
+        audit: AuditTrail | None = None,
+        large_trade: Decimal = DEFAULT_LARGE_TRADE,
+        vault: Vault | None = None,
     ) -> None:
-        """``strategies`` are ``(strategy, broker name, instruments)``."""
+        """``strategies`` are ``(strategy, broker name, instruments)``. ``audit`` is
+        the trail every order event goes to (None: no auditing); ``vault`` is
+        watched for rotated broker credentials (None: no vault)."""
         self.store = store
         self.drain_timeout = drain_timeout
-        self.oms = OrderManager(store, dict(brokers), self._dispatch)
-        self.services = {name: BrokerService(name, b, self.oms) for name, b in brokers.items()}
+        self.trail = audit
+        self.vault = vault
+        self.services: dict[str, BrokerService] = {}
+        self.audit = EngineAudit(audit, services=self.services, large_trade=large_trade)
+        self.oms = OrderManager(
+            store, dict(brokers), self._dispatch, before_send=self.audit.before_send
+        )
+        self.services.update(
+            {name: BrokerService(name, b, self.oms) for name, b in brokers.items()}
+        )
         self.runners = [
             StrategyRunner(
                 strategy,
@@ -295,10 +348,19 @@ class Engine:
 
     @classmethod
     def from_config(
-        cls, config: RickConfig, plugins: PluginSet, *, store: Store, drain_timeout: float = 5.0
+        cls,
+        config: RickConfig,
+        plugins: PluginSet,
+        *,
+        store: Store,
+        drain_timeout: float = 5.0,
+        audit: AuditTrail | None = None,
+        vault: Vault | None = None,
+        large_trade: Decimal = DEFAULT_LARGE_TRADE,
     ) -> Engine:
         """Build every configured broker and enabled strategy through the plugins.
 
+        Each broker reads its credentials from ``vault`` at connect time.
         Raises :class:`EngineError` naming what is missing or refused its settings.
         """
         problems = plugins.problems(config.required_components())
@@ -312,7 +374,11 @@ class Engine:
                 log.info("broker not used by any enabled strategy; not connecting", broker=name)
                 continue
             setup = ComponentSetup(
-                name=name, options=cfg.options, home=config.home, source=f"{where} [brokers.{name}]"
+                name=name,
+                options=cfg.options,
+                credentials=vault.credentials_for(name) if vault else NoCredentials(name),
+                home=config.home,
+                source=f"{where} [brokers.{name}]",
             )
             brokers[name] = _build(plugins, "broker", cfg.kind, setup, f"broker {name!r}")
         strategies: list[tuple[Strategy, str, tuple[str, ...]]] = []
@@ -333,7 +399,15 @@ class Engine:
                     f"{type(strategy).__name__}, not a rick_core.strategy.Strategy"
                 )
             strategies.append((strategy, scfg.broker, scfg.instruments))
-        return cls(store=store, brokers=brokers, strategies=strategies, drain_timeout=drain_timeout)
+        return cls(
+            store=store,
+            brokers=brokers,
+            strategies=strategies,
+            drain_timeout=drain_timeout,
+            audit=audit,
+            vault=vault,
+            large_trade=large_trade,
+        )
 
     # -- running -------------------------------------------------------------
 
@@ -354,18 +428,33 @@ class Engine:
     async def run(self, *, duration: float | None = None, handle_signals: bool = False) -> None:
         """Run until stopped (or ``duration`` seconds after start-up)."""
         try:
-            with self._force:
-                async with trio.open_nursery() as root:
-                    if handle_signals:
-                        root.start_soon(self._watch_signals)
-                    try:
-                        await self._serve(duration)
-                    finally:
-                        root.cancel_scope.cancel()
-                        self.oms.flush()
-                        with trio.CancelScope(shield=True) as cleanup:
-                            cleanup.deadline = trio.current_time() + min(self.drain_timeout, 5)
-                            await self._close_brokers()
+            async with trio.open_nursery() as audit_nursery:
+                # The audit trail starts first and is closed last, after the
+                # brokers: every record of the run is written before run() returns.
+                if self.trail is not None:
+                    await audit_nursery.start(self.trail.run)
+                try:
+                    with self._force:
+                        async with trio.open_nursery() as root:
+                            if handle_signals:
+                                root.start_soon(self._watch_signals)
+                            root.start_soon(self.audit.run)
+                            root.start_soon(self._watch_audit)
+                            try:
+                                await self._serve(duration)
+                            finally:
+                                root.cancel_scope.cancel()
+                                self.oms.flush()
+                                with trio.CancelScope(shield=True) as cleanup:
+                                    cleanup.deadline = trio.current_time() + min(
+                                        self.drain_timeout, 5
+                                    )
+                                    await self._close_brokers()
+                finally:
+                    with trio.CancelScope(shield=True) as closing:
+                        closing.deadline = trio.current_time() + max(self.drain_timeout, 5)
+                        await self._close_audit()
+                    audit_nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # Nurseries wrap errors in groups; a start-up failure is one clear error.
             startup, _ = group.split(EngineError)
@@ -388,6 +477,7 @@ class Engine:
                 await self._save_accounts()
             if not self._stop.is_set():
                 services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
+                services.start_soon(self._watch_vault)
             strategies_scope = trio.CancelScope()
             with strategies_scope:
                 async with trio.open_nursery() as strategies:
@@ -400,6 +490,13 @@ class Engine:
                             "engine started",
                             brokers=sorted(self.services),
                             strategies=[r.name for r in self.runners],
+                        )
+                        self.audit.system(
+                            EventType.ENGINE_STARTED,
+                            {
+                                "brokers": sorted(self.services),
+                                "strategies": [r.name for r in self.runners],
+                            },
                         )
                         with trio.move_on_after(math.inf if duration is None else duration):
                             await self._stop.wait()
@@ -441,6 +538,49 @@ class Engine:
                     f"strategy {runner.name!r}: broker {service.name!r} does not list "
                     f"{', '.join(unknown)}; it trades {', '.join(sorted(service.instruments))}"
                 )
+
+    async def _watch_vault(self) -> None:
+        """Reconnect a broker whose credentials were rotated (by `rick creds` in
+        another process, say): it reads the new value as it connects."""
+        vault = self.vault
+        if vault is None:
+            return
+        seen: dict[str, str] = {}
+        while True:
+            for name, service in self.services.items():
+                try:
+                    fingerprint = await trio.to_thread.run_sync(
+                        vault.fingerprint, name, abandon_on_cancel=True
+                    )
+                except Exception as exc:  # a vault being rewritten, or damaged
+                    log.warning("cannot read the vault", error=str(exc))
+                    continue
+                if name in seen and seen[name] != fingerprint:
+                    service.request_reconnect("credentials rotated")
+                seen[name] = fingerprint
+            await trio.sleep(VAULT_POLL)
+
+    async def _close_audit(self) -> None:
+        if self.trail is None:
+            return
+        self.audit.system(
+            EventType.ENGINE_STOPPED,
+            {"reason": self.stop_reason or "done", "forced": self.forced},
+        )
+        try:
+            await self.audit.flush_backlog()
+            await self.trail.aclose()
+        except Exception as exc:
+            log.critical("the audit log could not be closed cleanly", error=str(exc))
+
+    async def _watch_audit(self) -> None:
+        if self.trail is None:
+            return
+        await self.trail.failed.wait()
+        log.critical(
+            "the audit log cannot be written: no new orders until it can",
+            reason=self.trail.failure,
+        )
 
     async def _save_accounts_every(self, seconds: float) -> None:
         while True:
@@ -488,6 +628,7 @@ class Engine:
     # -- events --------------------------------------------------------------
 
     def _dispatch(self, owner: str | None, event: Order | Fill) -> None:
+        self.audit.observe(owner, event)
         # Debug level: the store holds every order and fill, and a log line each
         # would cost more than the rest of the order path.
         if _debug_logging():
@@ -529,6 +670,7 @@ class Engine:
             "orders": self.oms.orders_sent,
             "fills": self.oms.fills_seen,
             "rejections": self.oms.rejections,
+            "halted": self.audit.failure,
         }
 
 

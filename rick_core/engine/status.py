@@ -24,6 +24,7 @@ def render_status(status: dict[str, Any], elapsed: float) -> str:
         + " | ".join(parts)
         + f" | orders {status['orders']} fills {status['fills']}"
         + (f" rejected {status['rejections']}" if status["rejections"] else "")
+        + (" | HALTED: audit log down, no new orders" if status.get("halted") else "")
         + " | Ctrl-C stops"
     )
 
@@ -86,5 +87,6 @@ async def show_status(
                 orders=status["orders"],
                 fills=status["fills"],
                 rejections=status["rejections"],
+                halted=status.get("halted"),
             )
             await trio.sleep(every_log)
