@@ -43,6 +43,7 @@ __all__ = [
     "CONFIG_FILENAME",
     "DEFAULTS_SOURCE",
     "LOG_LEVELS",
+    "VAULT_REFERENCE",
     "ComponentConfig",
     "ComponentKind",
     "ConfigError",
@@ -267,14 +268,15 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
 
 
 def _components(top: _Table, section: str, what: str) -> dict[str, ComponentConfig]:
-    return {
-        name: ComponentConfig(
+    components = {}
+    for name, table in top.tables(section).items():
+        _refuse_secrets(table, name)
+        components[name] = ComponentConfig(
             name=name,
             kind=table.string("kind", expected=_kind_expected(what)),
             options={k: v for k, v in table.data.items() if k != "kind"},
         )
-        for name, table in top.tables(section).items()
-    }
+    return components
 
 
 def _kind_expected(what: str) -> str:
@@ -293,14 +295,77 @@ def _strategy(table: _Table, brokers: Mapping[str, ComponentConfig]) -> Strategy
             broker,
             suggest=brokers,
         )
+    params = table.table("params", required=False)
+    _refuse_secrets(params, table.name)
     return StrategyConfig(
         name=table.name,
         kind=kind,
         broker=broker,
         instruments=table.symbols("instruments"),
-        params=table.table("params", required=False).data,
+        params=params.data,
         enabled=table.boolean("enabled", True),
     )
+
+
+# ---------------------------------------------------------------------------
+# secrets do not belong in the file
+
+#: A string option of the form ``"vault:<name>"`` names credential <name> of the
+#: component in the encrypted vault (``rick creds set <component> <name>``), read
+#: through the component's credentials; the secret itself is never in rick.toml.
+VAULT_REFERENCE: Final = "vault:"
+
+# A key named like a secret, on its own or as a suffix (oanda_token, client-secret,
+# apiKey), after lower-casing and reading "-" as "_".
+_SECRET_KEY: Final = re.compile(
+    r"(token|secret|password|passwd|api_?key|private_?key|secret_?(access_?)?key|pass_?phrase)$"
+)
+_CREDENTIAL_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _refuse_secrets(table: _Table, component: str) -> None:
+    """Refuse a literal string under a key that looks like a secret, anywhere in
+    ``table`` (nested tables and arrays of tables too). Only strings are refused
+    (``token_ttl = 30`` is fine), and ``"vault:<name>"`` references are allowed.
+    The message never shows the value."""
+    for name, value in table.data.items():
+        if isinstance(value, dict):
+            _refuse_secrets(_Table(table.source, table.path(name), value), component)
+            continue
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    nested = _Table(table.source, table.path(name, index), item)
+                    _refuse_secrets(nested, component)
+        if not _SECRET_KEY.search(name.lower().replace("-", "_")):
+            continue
+        strings = [value] if isinstance(value, str) else []
+        if isinstance(value, list):
+            strings = [item for item in value if isinstance(item, str)]
+        for text in strings:
+            if not text.strip():
+                continue
+            credential = name.lower().replace("-", "_")
+            if not _CREDENTIAL_NAME.fullmatch(credential):
+                credential = "<name>"
+            reference = text.removeprefix(VAULT_REFERENCE)
+            if text.startswith(VAULT_REFERENCE) and _CREDENTIAL_NAME.fullmatch(reference):
+                continue
+            if text.startswith(VAULT_REFERENCE):
+                found = "a malformed vault reference (not shown)"
+            else:
+                found = "a literal string (not shown: it looks like a secret)"
+            raise table.error(
+                name,
+                f'a reference to the encrypted vault, "{VAULT_REFERENCE}<name>" '
+                "(secrets do not belong in rick.toml)",
+                found_text=found,
+                detail=(
+                    f"store the secret with `rick creds set {component} {credential}`, then "
+                    f'write {name} = "{VAULT_REFERENCE}{credential}" in [{table.key}] '
+                    "instead (or delete the key)"
+                ),
+            )
 
 
 # ---------------------------------------------------------------------------

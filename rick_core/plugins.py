@@ -59,6 +59,7 @@ ENTRY_POINT_GROUP: Final = "rick"
 BUILTIN_PLUGINS: Final[tuple[str, ...]] = (
     "rick_core.builtins.log_notifier",
     "rick_core.builtins.paper_plugin",
+    "rick_core.builtins.audit_sinks",
 )
 """Modules registered as plugins before any entry point, in this order."""
 

@@ -434,6 +434,103 @@ def test_a_table_is_shown_by_its_keys_only(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# secrets belong in the vault, not in rick.toml
+
+_PAPER = '[brokers.paper]\nkind = "paper"\n'
+_STRATEGY = (
+    _PAPER + '[strategies.s]\nkind = "momentum"\nbroker = "paper"\ninstruments = ["EUR_USD"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "command"),
+    [
+        (
+            '[brokers.oanda]\nkind = "oanda"\ntoken = "hunter2-token"\n',
+            "brokers.oanda.token",
+            "rick creds set oanda token",
+        ),
+        (
+            '[brokers.oanda]\nkind = "oanda"\noanda_token = "hunter2-token"\n',
+            "brokers.oanda.oanda_token",
+            "rick creds set oanda oanda_token",
+        ),
+        (
+            '[brokers.cb]\nkind = "coinbase"\napiKey = "hunter2-token"\n',
+            "brokers.cb.apiKey",
+            "rick creds set cb apikey",
+        ),
+        (
+            '[brokers.cb]\nkind = "coinbase"\n[brokers.cb.auth]\nPRIVATE_KEY = "hunter2-token"\n',
+            "brokers.cb.auth.PRIVATE_KEY",
+            "rick creds set cb private_key",
+        ),
+        (
+            '[brokers.ib]\nkind = "ib"\n[[brokers.ib.accounts]]\npassword = "hunter2-token"\n',
+            "brokers.ib.accounts[0].password",
+            "rick creds set ib password",
+        ),
+        (
+            '[notifiers.tg]\nkind = "telegram"\nbot-token = "hunter2-token"\n',
+            "notifiers.tg.bot-token",
+            "rick creds set tg bot_token",
+        ),
+        (
+            '[audit_sinks.s3]\nkind = "s3"\nsecret_access_key = ["hunter2-token"]\n',
+            "audit_sinks.s3.secret_access_key",
+            "rick creds set s3 secret_access_key",
+        ),
+        (
+            _STRATEGY + '[strategies.s.params]\nwebhook_secret = "hunter2-token"\n',
+            "strategies.s.params.webhook_secret",
+            "rick creds set s webhook_secret",
+        ),
+        (
+            _STRATEGY + '[strategies.s.params]\nPassPhrase = "hunter2-token"\n',
+            "strategies.s.params.PassPhrase",
+            "rick creds set s passphrase",
+        ),
+        (
+            '[brokers.b]\nkind = "binance"\napi_secret = "vault:"\n',
+            "brokers.b.api_secret",
+            "rick creds set b api_secret",
+        ),
+    ],
+)
+def test_a_literal_secret_is_refused_with_the_command_that_stores_it(
+    tmp_path: Path, text: str, key: str, command: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'rick.toml'}: key {key!r}: "), message
+    assert f"`{command}`" in message
+    assert '"vault:' in message
+    assert "hunter2" not in message
+
+
+def test_vault_references_numbers_and_other_keys_are_fine(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        _STRATEGY
+        + '[strategies.s.params]\napi_key = "vault:api_key"\n'
+        + '[brokers.oanda]\nkind = "oanda"\ntoken = "vault:oanda.token-2"\n'
+        + 'token_refresh = 30\ntoken_url = "https://api.example.com/token/new"\n'
+        + 'max_token = 5\nuse_password = true\npassword = ""\n',
+    )
+
+    assert config.brokers["oanda"].options["token"] == "vault:oanda.token-2"
+    assert config.brokers["oanda"].options["token_refresh"] == 30
+    assert config.strategies["s"].params["api_key"] == "vault:api_key"
+
+
+def test_the_defaults_and_their_examples_hold_no_secret() -> None:
+    assert "vault:<name>" in default_config_text()
+    assert "rick creds set" in default_config_text()
+
+
+# ---------------------------------------------------------------------------
 # rick init
 
 

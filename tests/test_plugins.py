@@ -28,8 +28,13 @@ def plugin_registering(*names: str) -> SimpleNamespace:
 def test_builtins_load_first_and_are_listed_as_builtin() -> None:
     plugin_set = load_plugins({}, entry_points=())
     assert [p.name for p in plugin_set.plugins if p.builtin] == list(BUILTIN_PLUGINS)
-    assert BUILTIN_PLUGINS == ("rick_core.builtins.log_notifier", "rick_core.builtins.paper_plugin")
+    assert BUILTIN_PLUGINS == (
+        "rick_core.builtins.log_notifier",
+        "rick_core.builtins.paper_plugin",
+        "rick_core.builtins.audit_sinks",
+    )
     assert plugin_set.require("notifier", "log").plugin == "rick_core.builtins.log_notifier"
+    assert list(plugin_set.of_kind("audit_sink")) == ["jsonl", "sqlite"]
 
 
 def test_a_plugin_cannot_take_a_builtin_name() -> None:

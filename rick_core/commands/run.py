@@ -11,11 +11,9 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from rick_core.commands._common import config_option, current_plugin_set, load_config_or_exit
-from rick_core.engine.auditing import ENGINE as ENGINE_ACTOR
 
 if TYPE_CHECKING:
     from rick_core.config import RickConfig
-    from rick_core.engine.runtime import Engine
     from rick_core.plugins import PluginSet
     from rick_core.security.audit import AuditLog
     from rick_core.security.records import AuditSink
@@ -81,10 +79,11 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
             raise click.ClickException(str(exc)) from None
         audit_log = _open_audit_log(config)
         try:
-            holder: list[Engine] = []
-            vault = _open_vault(config, holder, log)
+            vault = _open_vault(config, log)
             try:
-                trail = AuditTrail(audit_log, _audit_sinks(config, plugins))
+                # Every batch appended in a worker thread: the audit log syncs each
+                # commit to disk, and the event loop must not wait for that.
+                trail = AuditTrail(audit_log, _audit_sinks(config, plugins), inline_batch=0)
                 engine = Engine.from_config(
                     config,
                     plugins,
@@ -95,7 +94,6 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                 )
             except (EngineError, ComponentMissing, ComponentInvalid) as exc:
                 raise click.ClickException(str(exc)) from None
-            holder.append(engine)
             source = config.source or "embedded defaults (no rick.toml; `rick init` writes one)"
             log.info(
                 "rick run", config=str(source), store=str(config.store_path), mode=config.mode.value
@@ -168,26 +166,14 @@ def _audit_sinks(config: RickConfig, plugins: PluginSet) -> list[AuditSink]:
     ]
 
 
-def _open_vault(config: RickConfig, engine: list[Engine], log: Any) -> Vault | None:
-    """The credential vault, if there is one; each credential read is audited."""
-    from rick_core.security.records import AuditRecord, EventType
+def _open_vault(config: RickConfig, log: Any) -> Vault | None:
+    """The credential vault, if there is one (the engine audits each read)."""
     from rick_core.security.vault import VAULT_FILENAME, Vault, VaultError
 
     if not (config.home / VAULT_FILENAME).exists():
         return None
-
-    def audited(event: str, component: str, name: str) -> None:
-        if event == "accessed" and engine:
-            engine[0].audit.offer(
-                AuditRecord(
-                    type=EventType.CREDENTIAL_ACCESSED,
-                    actor=ENGINE_ACTOR,
-                    details={"component": component, "name": name},
-                )
-            )
-
     try:
-        return Vault.open(config.home, create=False, on_event=audited)
+        return Vault.open(config.home, create=False)
     except VaultError as exc:
         # Paper trading needs no credentials: carry on, and say why brokers
         # that need one will not find it.

@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from rick_core.model import Fill, Order, OrderStatus
+from rick_core.security.audit import AuditUnavailable
 from rick_core.security.records import Actor, AuditRecord, EventType, Severity
 from rick_core.strategy import TradingHalted
 
@@ -94,7 +95,8 @@ class EngineAudit:
         self._services = services
         self.large_trade = large_trade
         self._backlog: deque[AuditRecord] = deque()
-        self._backlog_changed = trio.Event()
+        self._backlog_added = trio.Event()  # the feeding task waits on this
+        self._backlog_emptied = trio.Event()  # new orders wait on this
         self._unconverted: set[str] = set()
 
     # -- fail closed ---------------------------------------------------------
@@ -117,8 +119,9 @@ class EngineAudit:
                 f"the audit log cannot be written ({failure}): rick opens no new risk until it can"
             )
         while self._backlog:  # backpressure: the log catches up before new risk
-            self._backlog_changed = trio.Event()
-            await self._backlog_changed.wait()
+            if self._backlog_emptied.is_set():
+                self._backlog_emptied = trio.Event()
+            await self._backlog_emptied.wait()
         record = AuditRecord(
             type=EventType.ORDER_SUBMITTED, actor=_actor(strategy), details=_order_details(order)
         )
@@ -161,9 +164,13 @@ class EngineAudit:
         trail = self.trail
         if trail is None:
             return
-        if self._backlog or not trail.emit_nowait(record):
+        try:
+            queued = not self._backlog and trail.emit_nowait(record)
+        except AuditUnavailable:
+            queued = False  # kept in the backlog, counted in the failure report
+        if not queued:
             self._backlog.append(record)
-            self._backlog_changed.set()
+            self._backlog_added.set()
 
     async def run(self) -> None:
         """Feed the backlog into the trail as it makes room, until cancelled."""
@@ -177,9 +184,10 @@ class EngineAudit:
                 except Exception:
                     return  # the trail failed: before_send now refuses new orders
                 self._backlog.popleft()
-                self._backlog_changed.set()
-            self._backlog_changed = trio.Event()
-            await self._backlog_changed.wait()
+            self._backlog_emptied.set()
+            self._backlog_added = trio.Event()
+            if not self._backlog:
+                await self._backlog_added.wait()
 
     async def flush_backlog(self) -> None:
         """Hand every waiting record to the trail (at stop, before it is closed)."""

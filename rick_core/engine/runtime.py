@@ -30,12 +30,12 @@ import structlog
 import trio
 
 from rick_core.broker import Broker, BrokerError
-from rick_core.components import ComponentSetup, NoCredentials
-from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, EngineAudit
+from rick_core.components import ComponentSetup, Credentials, NoCredentials
+from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
 from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
-from rick_core.security.records import EventType
+from rick_core.security.records import AuditRecord, EventType
 from rick_core.strategy import Strategy, StrategySetup
 
 if TYPE_CHECKING:
@@ -368,6 +368,7 @@ class Engine:
             raise EngineError("cannot start:\n  " + "\n  ".join(problems))
         where = str(config.source) if config.source else "<embedded defaults>"
         brokers: dict[str, Broker] = {}
+        audits: list[EngineAudit] = []  # the engine's, once it exists
         used = {s.broker for s in config.strategies.values() if s.enabled}
         for name, cfg in config.brokers.items():
             if name not in used:
@@ -376,7 +377,11 @@ class Engine:
             setup = ComponentSetup(
                 name=name,
                 options=cfg.options,
-                credentials=vault.credentials_for(name) if vault else NoCredentials(name),
+                credentials=(
+                    _AuditedCredentials(vault.credentials_for(name), name, audits)
+                    if vault
+                    else NoCredentials(name)
+                ),
                 home=config.home,
                 source=f"{where} [brokers.{name}]",
             )
@@ -399,7 +404,7 @@ class Engine:
                     f"{type(strategy).__name__}, not a rick_core.strategy.Strategy"
                 )
             strategies.append((strategy, scfg.broker, scfg.instruments))
-        return cls(
+        engine = cls(
             store=store,
             brokers=brokers,
             strategies=strategies,
@@ -408,6 +413,8 @@ class Engine:
             vault=vault,
             large_trade=large_trade,
         )
+        audits.append(engine.audit)
+        return engine
 
     # -- running -------------------------------------------------------------
 
@@ -451,8 +458,9 @@ class Engine:
                                     )
                                     await self._close_brokers()
                 finally:
-                    with trio.CancelScope(shield=True) as closing:
-                        closing.deadline = trio.current_time() + max(self.drain_timeout, 5)
+                    # No deadline: every record is written before rick exits, even
+                    # after a forced stop (a hung disk is the one thing that can hold it).
+                    with trio.CancelScope(shield=True):
                         await self._close_audit()
                     audit_nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -676,6 +684,30 @@ class Engine:
 
 def _debug_logging() -> bool:
     return logging.getLogger("rick").isEnabledFor(logging.DEBUG)
+
+
+class _AuditedCredentials:
+    """A broker's vault credentials; each value read is an audit record."""
+
+    def __init__(self, inner: Credentials, component: str, audit: list[EngineAudit]) -> None:
+        self._inner = inner
+        self._component = component
+        self._audit = audit
+
+    def get(self, name: str) -> str:
+        value = self._inner.get(name)
+        for audit in self._audit:
+            audit.offer(
+                AuditRecord(
+                    type=EventType.CREDENTIAL_ACCESSED,
+                    actor=ENGINE,
+                    details={"component": self._component, "name": name},
+                )
+            )
+        return value
+
+    def names(self) -> Sequence[str]:
+        return self._inner.names()
 
 
 def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
