@@ -90,6 +90,14 @@ class LogConfig:
 
 
 @frozen
+class AuditConfig:
+    """``[audit]``: ``large_trade`` is the value, in a broker account's currency, from
+    which a fill is audited as ``LARGE_TRADE_EXECUTED``."""
+
+    large_trade: Decimal = Decimal(100_000)
+
+
+@frozen
 class StoreConfig:
     """``[store]``: ``path`` of the SQLite database, relative to the rick home
     unless absolute."""
@@ -135,6 +143,7 @@ class RickConfig:
     home: Path
     mode: Mode = Mode.PAPER
     log: LogConfig = field(factory=LogConfig)
+    audit: AuditConfig = field(factory=lambda: AuditConfig())
     store: StoreConfig = field(factory=StoreConfig)
     brokers: Mapping[str, ComponentConfig] = field(factory=dict)
     strategies: Mapping[str, StrategyConfig] = field(factory=dict)
@@ -236,7 +245,16 @@ def write_default_config(path: Path, *, force: bool = False) -> Path:
 # ---------------------------------------------------------------------------
 # building the config from parsed TOML
 
-_TOP_KEYS: Final = ("mode", "log", "store", "brokers", "strategies", "notifiers", "audit_sinks")
+_TOP_KEYS: Final = (
+    "mode",
+    "log",
+    "store",
+    "audit",
+    "brokers",
+    "strategies",
+    "notifiers",
+    "audit_sinks",
+)
 _STRATEGY_KEYS: Final = ("kind", "broker", "instruments", "enabled", "params")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -250,6 +268,15 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
     store = top.table("store", required=False)
     store.check_keys(("path",))
     store_path = Path(store.string("path", "rick.db"))
+    audit = top.table("audit", required=False)
+    audit.check_keys(("large_trade",))
+    large_trade = audit.data.get("large_trade", AuditConfig().large_trade)
+    if isinstance(large_trade, bool) or not isinstance(large_trade, int | Decimal):
+        raise audit.error(
+            "large_trade", "a number: the account-currency value of a large trade", large_trade
+        )
+    if large_trade <= 0:
+        raise audit.error("large_trade", "a positive number", large_trade)
     brokers = _components(top, "brokers", "broker")
     strategies = {
         name: _strategy(table, brokers) for name, table in top.tables("strategies").items()
@@ -259,6 +286,7 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         mode=mode,
         log=LogConfig(level=level),
         store=StoreConfig(path=store_path),
+        audit=AuditConfig(large_trade=Decimal(large_trade)),
         brokers=brokers,
         strategies=strategies,
         notifiers=_components(top, "notifiers", "notifier"),

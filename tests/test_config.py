@@ -278,7 +278,7 @@ STRATEGY = '[brokers.paper]\nkind = "paper"\n[strategies.trend]\nkind = "sma"\nb
         pytest.param(
             'brokerz = "x"',
             "brokerz",
-            "expected one of the top-level keys: mode, log, store, brokers",
+            "expected one of the top-level keys: mode, log, store, audit, brokers",
             "found unknown key 'brokerz'; did you mean 'brokers'?",
             id="unknown-top-level-key",
         ),
@@ -557,3 +557,13 @@ def test_config_and_logging_accept_the_same_level_names() -> None:
     from rick_core.logs import LEVELS
 
     assert tuple(LEVELS) == LOG_LEVELS
+
+
+def test_large_trade_threshold_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "rick.toml"
+    path.write_text("[audit]\nlarge_trade = 25000.50\n", "utf-8")
+    assert load_config(path, home=tmp_path).audit.large_trade == Decimal("25000.50")
+    assert load_config(None, home=tmp_path).audit.large_trade == Decimal(100000)
+    path.write_text('[audit]\nlarge_trade = "lots"\n', "utf-8")
+    with pytest.raises(ConfigError, match=r"rick.toml: key 'audit.large_trade': expected a number"):
+        load_config(path, home=tmp_path)

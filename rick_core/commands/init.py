@@ -23,11 +23,23 @@ def init(path: Path | None, force: bool) -> None:
     and examples to uncomment.
     """
     from rick_core.config import CONFIG_FILENAME, rick_home, write_default_config
+    from rick_core.security.audit import AuditError, append_now, cli_actor
+    from rick_core.security.records import EventType
 
-    target = path if path is not None else rick_home(os.environ) / CONFIG_FILENAME
+    home = rick_home(os.environ)
+    target = path if path is not None else home / CONFIG_FILENAME
     try:
         written = write_default_config(target, force=force)
     except (FileExistsError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        append_now(
+            home,
+            EventType.CONFIGURATION_CHANGED,
+            actor=cli_actor(),
+            details={"file": str(written), "change": "default config written", "force": force},
+        )
+    except (AuditError, OSError) as exc:
+        click.echo(f"warning: the change could not be audited: {exc}", err=True)
     click.echo(f"wrote {written}")
     click.echo("edit it, then run `rick check` to validate it")

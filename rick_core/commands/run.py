@@ -91,6 +91,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                     drain_timeout=drain_timeout,
                     audit=trail,
                     vault=vault,
+                    large_trade=config.audit.large_trade,
                 )
             except (EngineError, ComponentMissing, ComponentInvalid) as exc:
                 raise click.ClickException(str(exc)) from None
