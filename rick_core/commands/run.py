@@ -83,7 +83,9 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
             try:
                 # Every batch appended in a worker thread: the audit log syncs each
                 # commit to disk, and the event loop must not wait for that.
-                trail = AuditTrail(audit_log, _audit_sinks(config, plugins), inline_batch=0)
+                trail = AuditTrail(
+                    audit_log, _audit_sinks(config, plugins), inline_batch=0, gather=0.002
+                )
                 engine = Engine.from_config(
                     config,
                     plugins,

@@ -744,6 +744,7 @@ class AuditTrail:
         max_batch: int = 1_000,
         flush_interval: float = 1.0,
         inline_batch: int = INLINE_BATCH,
+        gather: float = 0.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"AuditTrail capacity must be at least 1, got {capacity}")
@@ -755,6 +756,8 @@ class AuditTrail:
         self.max_batch = max_batch
         self.flush_interval = flush_interval
         self.inline_batch = inline_batch
+        self.gather = gather
+        """Seconds the writer waits for more records to share a batch (0: none)."""
         self._send, self._receive = trio.open_memory_channel[AuditRecord](capacity)
         self.failed = trio.Event()
         """Set when the trail failed (see :attr:`failure`)."""
@@ -839,11 +842,23 @@ class AuditTrail:
                     next_flush = math.inf
                     continue
                 batch = [first]
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+                # Group commit: give the records of the next moments a chance to
+                # share this commit (one fsync and one thread hand-off per batch,
+                # not per record), unless the queue already holds a full batch.
+                with trio.move_on_after(self.gather):
+                    while len(batch) < self.max_batch:
+                        try:
+                            batch.append(receive.receive_nowait())
+                            continue
+                        except trio.EndOfChannel:
+                            break
+                        except trio.WouldBlock:
+                            if not self.gather:
+                                break
+                        try:
+                            batch.append(await receive.receive())
+                        except trio.EndOfChannel:
+                            break
                 # Shielded: a batch is appended and handed to every sink, or not started.
                 with trio.CancelScope(shield=True):
                     if not await self._write(batch):
