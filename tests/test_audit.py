@@ -23,6 +23,7 @@ from rick_core.components import ComponentSetup
 from rick_core.logs import forget_secrets, register_secret
 from rick_core.plugins import ComponentInvalid, load_plugins
 from rick_core.security.audit import (
+    _TRIGGER_SQL,
     GENESIS_HASH,
     AuditError,
     AuditLog,
@@ -424,17 +425,49 @@ def test_rewriting_records_and_head_together_needs_an_external_copy(
     drop_triggers(conn)
     conn.execute("DELETE FROM audit WHERE sequence = 5")
     conn.execute("UPDATE head SET sequence = 4, hash = ?", (_hash_of(conn, 4),))
-    for statement in (
-        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'x'); END",
-        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'x'); END",
-        "CREATE TRIGGER head_no_delete BEFORE DELETE ON head BEGIN SELECT RAISE(ABORT, 'x'); END",
-        "CREATE TRIGGER head_forward_only BEFORE UPDATE ON head BEGIN SELECT 1; END",
-    ):
+    # An attacker who also puts back the exact triggers leaves a log that verifies.
+    for statement in _TRIGGER_SQL.values():
         conn.execute(statement)
     conn.close()
     assert log.verify().ok
     copy = [json.loads(line) for line in (tmp_path / "copy.jsonl").read_text().splitlines()]
     assert len(copy) == 5 and copy[-1]["sequence"] == 5  # the copy still has it
+
+
+def test_triggers_put_back_altered_are_caught(log: AuditLog) -> None:
+    fill(log, 3)
+    conn = raw(log.path)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit WHEN 0 BEGIN SELECT 1; END")
+    conn.commit()
+    conn.close()
+    result = log.verify()
+    assert not result.ok and "audit_no_update" in result.reason
+
+
+def test_insert_or_replace_cannot_rewrite_history(log: AuditLog) -> None:
+    fill(log, 3)
+    conn = raw(log.path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute(
+            "INSERT OR REPLACE INTO audit SELECT sequence, time, type, severity, actor_kind, "
+            "actor_name, actor_source, '{}', previous_hash, hash FROM audit WHERE sequence = 2"
+        )
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("INSERT OR REPLACE INTO head (id, sequence, hash) VALUES (1, 1, 'x')")
+    conn.close()
+    assert log.verify().ok
+
+
+def test_a_value_of_the_wrong_type_is_named_not_a_crash(log: AuditLog) -> None:
+    fill(log, 4)
+    conn = raw(log.path)
+    drop_triggers(conn)
+    conn.execute("UPDATE audit SET actor_name = X'41' WHERE sequence = 3")
+    conn.commit()
+    conn.close()
+    result = log.verify()
+    assert (result.ok, result.first_bad_sequence) == (False, 3)
 
 
 # --------------------------------------------------------------------------- query and export
@@ -743,3 +776,32 @@ async def test_jsonl_sink_never_writes_a_secret(home: Path, secrets: None) -> No
     await sink.close()
     text = (home / "audit.jsonl").read_text()
     assert "hunter2" not in text and '"password":"***"' in text
+
+
+async def test_records_gathered_for_a_batch_survive_a_cancelled_writer(log: AuditLog) -> None:
+    trail = AuditTrail(log, gather=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trail.run)
+        for i in range(3):
+            await trail.emit(rec(i))
+        await trio.sleep(0.1)  # the writer waits inside its gather window
+        nursery.cancel_scope.cancel()
+    await trail.aclose()
+    assert trail.written == 3 and len(log.query()) == 3 and not trail.failure
+
+
+async def test_a_log_held_by_another_process_shows_as_lag(log: AuditLog) -> None:
+    trail = AuditTrail(log, inline_batch=0)
+    blocker = raw(log.path)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trail.run)
+        assert trail.lag() == 0
+        await trail.emit(rec(1))
+        await trio.sleep(0.6)
+        assert trail.lag() >= 0.5  # the engine refuses new orders past MAX_AUDIT_LAG
+        blocker.rollback()
+        await trio.sleep(1.0)  # the writer's retry (busy timeout) now goes through
+        assert trail.written == 1 and trail.lag() == 0
+        await trail.aclose()
+    blocker.close()

@@ -4,6 +4,7 @@ take effect without a restart, every order is audited, and rick fails closed."""
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -210,6 +211,10 @@ async def test_an_audit_log_that_cannot_be_written_stops_new_orders(
     refused = [o for o in orders if o.status is OrderStatus.REJECTED]
     assert refused and all("audit log" in (o.reject_reason or "") for o in refused)
     assert engine.status()["halted"]
+    # What the log could not take is kept beside it, ENGINE_STOPPED included.
+    (kept,) = [p for p in os.listdir(home) if p.startswith("audit-unwritten-")]
+    lines = (home / kept).read_text().splitlines()
+    assert lines and '"ENGINE_STOPPED"' in lines[-1]
 
 
 class SlowSink(AuditSink):
@@ -251,3 +256,91 @@ async def test_a_slow_audit_sink_slows_new_orders_but_loses_nothing(
     assert kinds.count(EventType.LARGE_TRADE_EXECUTED) == len(orders)
     large = next(r for r in stored if r.type is EventType.LARGE_TRADE_EXECUTED)
     assert large.details["currency"] == "USD" and Decimal(large.details["value"]) >= 500
+
+
+class LeakyBroker(PaperBroker):
+    """A venue library that quotes the token in its error texts."""
+
+    fail_connect = False
+
+    def __init__(self, setup: ComponentSetup) -> None:
+        super().__init__(setup)
+        self.credentials = setup.credentials
+        self.token = ""
+
+    async def connect(self) -> None:
+        self.token = self.credentials.get("token")
+        if self.fail_connect:
+            raise RuntimeError(f"401 Unauthorized for https://api.example/v3?token={self.token}")
+        await super().connect()
+
+    async def place_order(self, request: Any) -> Any:
+        from rick_core.broker import BrokerError
+
+        raise BrokerError(f"POST https://api.example/orders?access_token={self.token} -> 400")
+
+
+class LeakyConnect(LeakyBroker):
+    fail_connect = True
+
+
+class LeakyPlugin:
+    @hookimpl
+    def register_brokers(self, register: Any) -> None:
+        register("leaky", LeakyBroker)
+        register("leakyconnect", LeakyConnect)
+
+
+LEAKY = """
+[brokers.live]
+kind = "{kind}"
+persist = false
+instruments = ["EUR_USD", "BTC_USD", "ETH_USD"]
+
+[strategies.example]
+kind = "momentum"
+broker = "live"
+instruments = ["EUR_USD", "BTC_USD", "ETH_USD"]
+"""
+
+
+async def test_a_venue_error_quoting_the_token_is_stored_redacted(
+    home: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    Vault.open(home).set("live", "token", SECRET)
+    (home / "rick.toml").write_text(LEAKY.format(kind="leaky"), "utf-8")
+    config = load_config(home / "rick.toml", home=home)
+    audit_log = AuditLog.open(home / "audit.db")
+    with Store.open(home / "rick.db") as store:
+        engine = Engine.from_config(
+            config,
+            load_plugins(entry_points=(), extra=[("leaky", LeakyPlugin())]),
+            store=store,
+            audit=AuditTrail(audit_log),
+            vault=Vault.open(home, create=False),
+        )
+        await engine.run(duration=120)
+        rejected = [o for o in store.orders() if o.status is OrderStatus.REJECTED]
+    audit_log.close()
+    assert rejected and all("access_token=***" in (o.reject_reason or "") for o in rejected)
+    assert SECRET.encode() not in every_byte_under(home)
+
+
+def test_rick_run_never_prints_a_token_a_broker_error_quotes(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    import rick_core.commands.run as run_command
+
+    Vault.open(home).set("live", "token", SECRET)
+    (home / "rick.toml").write_text(LEAKY.format(kind="leakyconnect"), "utf-8")
+    monkeypatch.setattr(
+        run_command,
+        "current_plugin_set",
+        lambda: load_plugins(entry_points=(), extra=[("leaky", LeakyPlugin())]),
+    )
+    result = CliRunner().invoke(run_command.run, ["--duration", "1"])
+    assert result.exit_code == 1
+    assert "failed to connect: 401 Unauthorized" in result.output
+    assert "token=***" in result.output and SECRET not in result.output

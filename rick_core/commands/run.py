@@ -48,7 +48,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
 
     from rick_core.engine.runtime import Engine, EngineError, first_leaf
     from rick_core.engine.status import StatusLine, show_status
-    from rick_core.logs import close_logging, configure_logging
+    from rick_core.logs import close_logging, configure_logging, redact
     from rick_core.plugins import ComponentInvalid, ComponentMissing
     from rick_core.security.audit import AuditTrail
     from rick_core.store import Store, StoreError
@@ -76,7 +76,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
         try:
             store = Store.open(config.store_path)
         except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(redact(str(exc))) from None
         audit_log = _open_audit_log(config)
         try:
             vault = _open_vault(config, log)
@@ -96,7 +96,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                     large_trade=config.audit.large_trade,
                 )
             except (EngineError, ComponentMissing, ComponentInvalid) as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(redact(str(exc))) from None
             source = config.source or "embedded defaults (no rick.toml; `rick init` writes one)"
             log.info(
                 "rick run", config=str(source), store=str(config.store_path), mode=config.mode.value
@@ -113,12 +113,12 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
             try:
                 trio.run(main)
             except EngineError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(redact(str(exc))) from None
             except BaseExceptionGroup as group:  # the status task's nursery wraps it
                 startup, rest = group.split(EngineError)
                 if startup is None or rest is not None:
                     raise
-                raise click.ClickException(str(first_leaf(startup))) from None
+                raise click.ClickException(redact(str(first_leaf(startup)))) from None
             finally:
                 if line is not None:
                     line.clear()

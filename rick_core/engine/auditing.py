@@ -40,6 +40,9 @@ DEFAULT_LARGE_TRADE = Decimal(100_000)
 
 ENGINE = Actor(kind="system", name="engine", source="engine")
 
+MAX_AUDIT_LAG = 0.5
+"""Seconds queued records may wait for the audit log before new orders are refused."""
+
 _ORDER_EVENTS = {
     OrderStatus.REJECTED: (EventType.ORDER_REJECTED, Severity.WARNING),
     OrderStatus.FILLED: (EventType.ORDER_FILLED, Severity.INFO),
@@ -118,6 +121,12 @@ class EngineAudit:
             raise TradingHalted(
                 f"the audit log cannot be written ({failure}): rick opens no new risk until it can"
             )
+        lag = self.trail.lag()
+        if lag > MAX_AUDIT_LAG:
+            raise TradingHalted(
+                f"the audit log has accepted nothing for {lag:.1f} s (is another process "
+                "holding it, or the disk stuck?): rick opens no new risk until it catches up"
+            )
         while self._backlog:  # backpressure: the log catches up before new risk
             if self._backlog_emptied.is_set():
                 self._backlog_emptied = trio.Event()
@@ -188,6 +197,10 @@ class EngineAudit:
             self._backlog_added = trio.Event()
             if not self._backlog:
                 await self._backlog_added.wait()
+
+    def backlog(self) -> list[AuditRecord]:
+        """Records still waiting for the trail (after it failed, they stay here)."""
+        return list(self._backlog)
 
     async def flush_backlog(self) -> None:
         """Hand every waiting record to the trail (at stop, before it is closed)."""

@@ -37,6 +37,7 @@ from rick_core.broker import (
     OrderRejected,
     TemporarilyUnavailable,
 )
+from rick_core.logs import redact
 from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Position, utc_now
 from rick_core.store import StoreError
 from rick_core.strategy import TradingHalted
@@ -416,6 +417,7 @@ class OrderManager:
             self._idle.set()
 
     def _record_final(self, order: Order, status: OrderStatus, reason: str) -> Order:
+        reason = redact(reason)  # a venue's words may quote a credential
         current = self.known(order.client_order_id) or order
         if current.status is not OrderStatus.PENDING:
             # The venue's stream already told us it has the order: a local error
@@ -441,6 +443,7 @@ class OrderManager:
         return final
 
     def _record_unknown(self, order: Order, why: str) -> None:
+        why = redact(why)
         current = self.known(order.client_order_id) or order
         if current.status is not OrderStatus.PENDING:
             return  # the venue already told us more than "sent"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,7 +35,9 @@ from rick_core.components import ComponentSetup, Credentials, NoCredentials
 from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
+from rick_core.logs import redact
 from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
+from rick_core.security.audit import record_to_json
 from rick_core.security.records import AuditRecord, EventType
 from rick_core.strategy import Strategy, StrategySetup
 
@@ -59,7 +62,12 @@ VAULT_POLL = 2.0
 
 
 class EngineError(RuntimeError):
-    """The engine cannot start: a component failed to build or a broker to connect."""
+    """The engine cannot start: a component failed to build or a broker to connect.
+
+    The message is redacted: a venue's error text may quote a credential."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class BrokerService:
@@ -580,6 +588,33 @@ class Engine:
             await self.trail.aclose()
         except Exception as exc:
             log.critical("the audit log could not be closed cleanly", error=str(exc))
+        self._keep_unwritten()
+
+    def _keep_unwritten(self) -> None:
+        """Records the audit log could not take go to a file beside it, never lost."""
+        trail = self.trail
+        if trail is None:
+            return
+        records = [*trail.unwritten, *self.audit.backlog()]
+        if not records:
+            return
+        stamp = utc_now().strftime("%Y%m%dT%H%M%S")
+        path = trail.log.path.with_name(f"audit-unwritten-{stamp}.jsonl")
+        try:
+            with path.open("a", encoding="utf-8") as out:
+                for record in records:
+                    out.write(record_to_json(record) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            log.critical(
+                "audit records the log could not take were saved beside it",
+                path=str(path),
+                records=len(records),
+            )
+        except OSError as exc:
+            for record in records:  # the last resort: the log stream
+                log.critical("unwritten audit record", record=record_to_json(record))
+            log.critical("cannot save unwritten audit records", path=str(path), error=str(exc))
 
     async def _watch_audit(self) -> None:
         if self.trail is None:

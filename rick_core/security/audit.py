@@ -131,11 +131,27 @@ _SCHEMA: Final = (
     WHEN NEW.sequence <= OLD.sequence OR NEW.id != OLD.id
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END
     """,
+    # INSERT OR REPLACE deletes without firing DELETE triggers: refuse any insert
+    # that would land on or before the head, and any second head.
+    """
+    CREATE TRIGGER audit_no_rewrite BEFORE INSERT ON audit
+    WHEN NEW.sequence <= (SELECT sequence FROM head WHERE id = 1)
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END
+    """,
+    """
+    CREATE TRIGGER head_no_insert BEFORE INSERT ON head
+    WHEN (SELECT COUNT(*) FROM head) > 0
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END
+    """,
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
-_TRIGGERS: Final = frozenset(
-    {"audit_no_update", "audit_no_delete", "head_no_delete", "head_forward_only"}
-)
+_TRIGGER_SQL: Final = {
+    statement.split()[2]: " ".join(statement.split())
+    for statement in _SCHEMA
+    if statement.split()[:2] == ["CREATE", "TRIGGER"]
+}
+"""Each append-only trigger's exact text: verify refuses a trigger that was swapped."""
+_TRIGGERS: Final = frozenset(_TRIGGER_SQL)
 
 _COLUMNS: Final = (
     "sequence, time, type, severity, actor_kind, actor_name, actor_source, "
@@ -547,6 +563,11 @@ class AuditLog:
         previous = GENESIS_HASH
         for row in conn.execute(f"{_SELECT} ORDER BY sequence"):
             seq, time, type_, severity, kind, name, source, details, prev, digest = row
+            if type(seq) is not int or not all(type(v) is str for v in row[1:]):
+                at = seq if type(seq) is int else expected
+                return VerifyResult(
+                    False, at - 1, at, "a value has the wrong type: it was changed directly"
+                )
             if seq != expected:
                 return VerifyResult(
                     False,
@@ -604,7 +625,10 @@ class AuditLog:
             )
         triggers = {
             name
-            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            for name, sql in conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            )
+            if isinstance(sql, str) and " ".join(sql.split()) == _TRIGGER_SQL.get(name)
         }
         missing = sorted(_TRIGGERS - triggers)
         if missing:
@@ -612,7 +636,7 @@ class AuditLog:
                 False,
                 count,
                 None,
-                f"the chain is intact but the append-only triggers were removed "
+                f"the chain is intact but the append-only triggers were removed or altered "
                 f"({', '.join(missing)}): someone modified the database directly",
             )
         return VerifyResult(True, count)
@@ -767,6 +791,9 @@ class AuditTrail:
         """Records that could not be appended to the log because the trail failed."""
         self.written = 0
         """How many records were appended to the log so far."""
+        self.accepted = 0
+        """How many records were queued so far."""
+        self._progress_at: float | None = None
         self._closing = False
         self._running = False
         self._stopped = trio.Event()
@@ -786,6 +813,7 @@ class AuditTrail:
             await self._send.send(record)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise self._unavailable() from None
+        self._accepted()
 
     def emit_nowait(self, record: AuditRecord) -> bool:
         """Queue ``record`` without waiting: False if the queue is full (then
@@ -798,7 +826,20 @@ class AuditTrail:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise self._unavailable() from None
+        self._accepted()
         return True
+
+    def _accepted(self) -> None:
+        if self.accepted == self.written:  # the queue was empty: the wait starts now
+            self._progress_at = trio.current_time()
+        self.accepted += 1
+
+    def lag(self) -> float:
+        """Seconds since the log last accepted a batch while records wait (0 when
+        none wait): a stuck log shows here long before it fails."""
+        if self.accepted <= self.written or self._progress_at is None:
+            return 0.0
+        return trio.current_time() - self._progress_at
 
     # ----------------------------------------------------------------- the writer
 
@@ -829,6 +870,26 @@ class AuditTrail:
             if not self._finished.is_set():  # run never started, or was cancelled
                 await self._write_loop()
 
+    async def _gather(
+        self, receive: trio.MemoryReceiveChannel[AuditRecord], batch: list[AuditRecord]
+    ) -> None:
+        """Add to ``batch`` what is queued, and (with :attr:`gather`) what arrives
+        within that many seconds, up to :attr:`max_batch`."""
+        with trio.move_on_after(self.gather):
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(receive.receive_nowait())
+                    continue
+                except trio.EndOfChannel:
+                    return
+                except trio.WouldBlock:
+                    if not self.gather:
+                        return
+                try:
+                    batch.append(await receive.receive())
+                except trio.EndOfChannel:
+                    return
+
     async def _write_loop(self) -> None:
         receive = self._receive
         next_flush = math.inf  # records were written since the last flush: flush by then
@@ -845,20 +906,14 @@ class AuditTrail:
                 # Group commit: give the records of the next moments a chance to
                 # share this commit (one fsync and one thread hand-off per batch,
                 # not per record), unless the queue already holds a full batch.
-                with trio.move_on_after(self.gather):
-                    while len(batch) < self.max_batch:
-                        try:
-                            batch.append(receive.receive_nowait())
-                            continue
-                        except trio.EndOfChannel:
-                            break
-                        except trio.WouldBlock:
-                            if not self.gather:
-                                break
-                        try:
-                            batch.append(await receive.receive())
-                        except trio.EndOfChannel:
-                            break
+                try:
+                    await self._gather(receive, batch)
+                except BaseException:
+                    # Cancelled while gathering: what was taken off the queue is
+                    # written before the cancellation goes on.
+                    with trio.CancelScope(shield=True):
+                        await self._write(batch)
+                    raise
                 # Shielded: a batch is appended and handed to every sink, or not started.
                 with trio.CancelScope(shield=True):
                     if not await self._write(batch):
@@ -894,6 +949,7 @@ class AuditTrail:
             await self._fail(f"the audit log refused a record: {_describe(exc)}", batch)
             return False
         self.written += len(stored)
+        self._progress_at = trio.current_time()
         for sink in self.sinks:
             done = 0
             try:
