@@ -8,6 +8,7 @@ import hmac
 import json
 import re
 import secrets
+import sqlite3
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -237,14 +238,15 @@ def test_unknown_keys_fail_and_still_cost_an_hmac(
     reason, details = _rejected(keys, events, unknown, "read")
     assert reason is RejectReason.UNKNOWN
     assert details == {"reason": "unknown", "key_id": "a" * 10}
-    assert len(compared) == 1 and len(compared[0][0]) == 64  # a real HMAC was computed
+    # real HMACs were computed: the secret's and the record seal's, as for a known key
+    assert len(compared) == 2 and all(len(a) == 64 for a, _ in compared)
 
     # The right key id with a wrong secret looks the same to the caller.
     wrong = f"rk_{_key_id(key)}_{secrets.token_urlsafe(32)}"
     reason, details = _rejected(keys, events, wrong, "read")
     assert reason is RejectReason.UNKNOWN
     assert details == {"reason": "unknown", "key_id": _key_id(key), "key_name": "k"}
-    assert len(compared) == 2
+    assert len(compared) == 4
     assert len(events) == 2
 
 
@@ -595,3 +597,19 @@ def test_cli_without_any_vault_fails_clearly(
     assert result.exit_code == 1
     assert "RICK_MASTER_KEY" in result.output and "rick creds genkey" in result.output
     assert not (tmp_path / "empty" / "apikeys.db").exists()
+
+
+def test_editing_a_key_record_in_the_file_does_not_grant_anything(tmp_path: Path) -> None:
+    keys = ApiKeys(tmp_path / "apikeys.db", b"p" * 32)
+    reader = keys.create("reader", "read")
+    revoked = keys.create("old", "admin")
+    keys.revoke("old")
+    conn = sqlite3.connect(tmp_path / "apikeys.db")
+    conn.execute("UPDATE api_keys SET scope = 'admin' WHERE name = 'reader'")
+    conn.execute("UPDATE api_keys SET revoked_at = NULL WHERE name = 'old'")
+    conn.commit()
+    conn.close()
+    for key in (reader, revoked):
+        with pytest.raises(ApiKeyRejected) as rejected:
+            keys.verify(key, "read")
+        assert rejected.value.reason is RejectReason.TAMPERED

@@ -41,12 +41,13 @@ import binascii
 import enum
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,6 +95,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Compared against when the key id is unknown, so that an unknown key id costs
 # the same HMAC and comparison as a known one.
 _DUMMY_HASH = "0" * 64
+_DUMMY_ROW = ("", "read", "", _DUMMY_HASH, "", None, None, None, _DUMMY_HASH)
 
 AuditCallback = Callable[[EventType, Mapping[str, Any], Severity], None]
 """Receives one audit event: its type, details and severity."""
@@ -141,6 +143,7 @@ class RejectReason(enum.StrEnum):
     REVOKED = "revoked"
     EXPIRED = "expired"
     INSUFFICIENT_SCOPE = "insufficient_scope"
+    TAMPERED = "tampered"
 
 
 class ApiKeyRejected(Exception):
@@ -290,7 +293,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             [created_at] TEXT NOT NULL,
             [expires_at] TEXT,
             [revoked_at] TEXT,
-            [rotated_at] TEXT
+            [rotated_at] TEXT,
+            [seal] TEXT NOT NULL DEFAULT ''
         )
         """
     )
@@ -419,6 +423,16 @@ class ApiKeys:
     def _hash(self, secret: str) -> str:
         return hmac.new(self._pepper, secret.encode("ascii"), hashlib.sha256).hexdigest()
 
+    def _seal_of(self, row: Sequence[Any]) -> str:
+        """An HMAC of a key's whole record (``_COLUMNS`` order): scope, expiry and
+        revocation edited in the file directly no longer verify."""
+        text = json.dumps(["apikey-record", *row], separators=(",", ":"))
+        return hmac.new(self._pepper, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _reseal(self, conn: sqlite3.Connection, name: str) -> None:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE name = ?", (name,)).fetchone()
+        conn.execute("UPDATE api_keys SET seal = ? WHERE name = ?", (self._seal_of(row), name))
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on error."""
@@ -487,6 +501,7 @@ class ApiKeys:
                 (name, scope.value, key_id, self._hash(secret), _time_text(created),
                  _time_text(expires)),
             )  # fmt: skip
+            self._reseal(conn, name)
             info = ApiKeyInfo(name, scope, key_id, created, expires, None, None)
             if on_change is not None:
                 on_change(info)
@@ -515,6 +530,7 @@ class ApiKeys:
                 "UPDATE api_keys SET key_id = ?, hash = ?, rotated_at = ? WHERE name = ?",
                 (key_id, self._hash(secret), _time_text(rotated), name),
             )
+            self._reseal(conn, name)
             info = ApiKeyInfo(
                 name,
                 existing.scope,
@@ -552,6 +568,7 @@ class ApiKeys:
             conn.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE name = ?", (_time_text(revoked), name)
             )
+            self._reseal(conn, name)
             info = ApiKeyInfo(
                 name,
                 existing.scope,
@@ -630,13 +647,21 @@ class ApiKeys:
             key_id, secret = match.group(1), match.group(2)
             with self._lock:
                 row = self._conn.execute(
-                    f"SELECT {_INFO_COLUMNS}, hash FROM api_keys WHERE key_id = ?", (key_id,)
+                    f"SELECT {_COLUMNS}, seal FROM api_keys WHERE key_id = ?", (key_id,)
                 ).fetchone()
-            stored_hash = _DUMMY_HASH if row is None else row[-1]
-            # Always one HMAC and one constant-time comparison, known key id or not.
-            matches = hmac.compare_digest(self._hash(secret), stored_hash)
+            stored = _DUMMY_ROW if row is None else row
+            # Always two HMACs and two constant-time comparisons (the secret, then the
+            # record's seal), known key id or not: timing tells nothing.
+            matches = hmac.compare_digest(self._hash(secret), stored[3])
+            sealed = hmac.compare_digest(self._seal_of(stored[:8]), stored[8])
             if row is not None:
-                info = _info(row[:-1])
+                info = _info((*row[:3], *row[4:8]))
+            if row is not None and matches and not sealed:
+                raise ApiKeyRejected(
+                    RejectReason.TAMPERED,
+                    f"API key {key_id}: its record was changed outside rick (scope, "
+                    "expiry or revocation edited in the file); it is refused",
+                )
             if row is None or not matches:
                 raise ApiKeyRejected(
                     RejectReason.UNKNOWN,
