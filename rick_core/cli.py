@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> Any:
     if args == ["--version"]:
         print(_version_text())
         return 0
+    import os
+
+    # Everything rick writes (stores, logs, audit copies, exports) is for its
+    # owner only: it may hold positions, account data and audit trails.
+    os.umask(0o077)
     return _build_cli().main(args=args, prog_name="rick")
 
 

@@ -344,3 +344,37 @@ def test_rick_run_never_prints_a_token_a_broker_error_quotes(
     assert result.exit_code == 1
     assert "failed to connect: 401 Unauthorized" in result.output
     assert "token=***" in result.output and SECRET not in result.output
+
+
+class EagerBroker(TokenBroker):
+    """Reads its token while being built, before the engine exists."""
+
+    def __init__(self, setup: ComponentSetup) -> None:
+        super().__init__(setup)
+        self.early_token = setup.credentials.get("token")
+
+
+class EagerPlugin:
+    @hookimpl
+    def register_brokers(self, register: Any) -> None:
+        register("tokenpaper", EagerBroker)
+
+
+async def test_a_credential_read_while_brokers_are_built_is_audited_too(
+    home: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    Vault.open(home).set("live", "token", SECRET)
+    (home / "rick.toml").write_text(CONFIG, "utf-8")
+    audit_log = AuditLog.open(home / "audit.db")
+    with Store.open(home / "rick.db") as store:
+        engine = Engine.from_config(
+            load_config(home / "rick.toml", home=home),
+            load_plugins(entry_points=(), extra=[("eager", EagerPlugin())]),
+            store=store,
+            audit=AuditTrail(audit_log),
+            vault=Vault.open(home, create=False),
+        )
+        await engine.run(duration=1)
+    accessed = [r for r in audit_log.query() if r.type is EventType.CREDENTIAL_ACCESSED]
+    audit_log.close()
+    assert len(accessed) == 2  # once in the constructor, once at connect

@@ -767,3 +767,21 @@ def test_cli_genkey(home: Path) -> None:
     assert "export RICK_MASTER_KEY=" in result.stderr and "Back it up" in result.stderr
     assert key not in result.stderr
     Vault.open(home, environ={"RICK_MASTER_KEY": key})  # a key the vault takes
+
+
+@pytest.mark.parametrize("command", ["set", "rotate"])
+def test_a_value_typed_on_the_command_line_is_refused_and_not_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    from click.testing import CliRunner
+
+    from rick_core.cli import _build_cli
+
+    monkeypatch.setenv("RICK_HOME", str(tmp_path))
+    monkeypatch.setenv("RICK_MASTER_KEY", generate_master_key())
+    secret = "hunter2-on-the-command-line"
+    result = CliRunner().invoke(_build_cli(), ["creds", command, "oanda", "token", secret])
+    assert result.exit_code == 1
+    assert "never given on the command line" in result.output
+    assert secret not in result.output
+    assert not (tmp_path / "vault.json").exists() or command == "rotate"

@@ -280,16 +280,31 @@ def creds() -> None:
     """
 
 
+def _refuse_values_on_the_command_line(extra: tuple[str, ...]) -> None:
+    # Never echoed: the extra word is most likely the secret itself.
+    if extra:
+        raise click.ClickException(
+            "a credential's value is never given on the command line (it would stay in your "
+            "shell history and in the process list): run the command without it and type the "
+            "value at the hidden prompt, or pipe it in. If you just typed a secret, rotate it."
+        )
+
+
+_EXTRA = click.argument("extra", nargs=-1, metavar="")
+
+
 @creds.command("set")
 @click.argument("component", metavar="BROKER")
 @click.argument("name")
-def set_(component: str, name: str) -> None:
+@_EXTRA
+def set_(component: str, name: str, extra: tuple[str, ...]) -> None:
     """Store credential NAME of BROKER (or of any component in rick.toml).
 
     The value is typed twice at a hidden prompt, or read from stdin when it is
     piped in (one trailing newline is removed). Replacing a stored value is a
     rotation.
     """
+    _refuse_values_on_the_command_line(extra)
     with _vault(create=True) as (vault, _):
         value = _read_value(component, name)
         new = vault.set(component, name, value)
@@ -299,12 +314,14 @@ def set_(component: str, name: str) -> None:
 @creds.command("rotate")
 @click.argument("component", metavar="BROKER")
 @click.argument("name")
-def rotate(component: str, name: str) -> None:
+@_EXTRA
+def rotate(component: str, name: str, extra: tuple[str, ...]) -> None:
     """Replace the value of stored credential NAME of BROKER.
 
     The new value is read like `rick creds set` reads one. A running rick uses
     it at the broker's next connection.
     """
+    _refuse_values_on_the_command_line(extra)
     with _vault(create=False) as (vault, _):
         if name not in vault.names(component):
             raise click.ClickException(

@@ -377,6 +377,7 @@ class Engine:
         where = str(config.source) if config.source else "<embedded defaults>"
         brokers: dict[str, Broker] = {}
         audits: list[EngineAudit] = []  # the engine's, once it exists
+        credentials: list[_AuditedCredentials] = []
         used = {s.broker for s in config.strategies.values() if s.enabled}
         for name, cfg in config.brokers.items():
             if name not in used:
@@ -386,7 +387,10 @@ class Engine:
                 name=name,
                 options=cfg.options,
                 credentials=(
-                    _AuditedCredentials(vault.credentials_for(name), name, audits)
+                    _remember(
+                        credentials,
+                        _AuditedCredentials(vault.credentials_for(name), name, audits),
+                    )
                     if vault
                     else NoCredentials(name)
                 ),
@@ -422,6 +426,9 @@ class Engine:
             large_trade=large_trade,
         )
         audits.append(engine.audit)
+        for early in credentials:
+            for record in early.early:
+                engine.audit.offer(record)
         return engine
 
     # -- running -------------------------------------------------------------
@@ -721,6 +728,11 @@ def _debug_logging() -> bool:
     return logging.getLogger("rick").isEnabledFor(logging.DEBUG)
 
 
+def _remember(kept: list[_AuditedCredentials], item: _AuditedCredentials) -> _AuditedCredentials:
+    kept.append(item)
+    return item
+
+
 class _AuditedCredentials:
     """A broker's vault credentials; each value read is an audit record."""
 
@@ -728,17 +740,20 @@ class _AuditedCredentials:
         self._inner = inner
         self._component = component
         self._audit = audit
+        self.early: list[AuditRecord] = []
 
     def get(self, name: str) -> str:
         value = self._inner.get(name)
-        for audit in self._audit:
-            audit.offer(
-                AuditRecord(
-                    type=EventType.CREDENTIAL_ACCESSED,
-                    actor=ENGINE,
-                    details={"component": self._component, "name": name},
-                )
-            )
+        record = AuditRecord(
+            type=EventType.CREDENTIAL_ACCESSED,
+            actor=ENGINE,
+            details={"component": self._component, "name": name},
+        )
+        if self._audit:
+            for audit in self._audit:
+                audit.offer(record)
+        else:  # read while the engine is still being built: audited once it is
+            self.early.append(record)
         return value
 
     def names(self) -> Sequence[str]:

@@ -697,10 +697,13 @@ class AuditLog:
 
 def cli_actor() -> Actor:
     """The actor of a ``rick`` command: the OS user, through the CLI."""
+    # The account the process runs as, not $USER (which anyone can set).
     try:
-        user = getpass.getuser()
-    except Exception:  # no login name: no USER/LOGNAME and no passwd entry
-        user = f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+        import pwd
+
+        user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except (ImportError, KeyError):
+        user = f"uid {os.geteuid()}" if hasattr(os, "geteuid") else getpass.getuser()
     return Actor(kind="user", name=user, source="cli")
 
 

@@ -544,9 +544,14 @@ class _KeySource:
             self.passphrase = self.prompt(f"Passphrase of the credential vault {self.path}")
         secret = unicodedata.normalize("NFC", self.passphrase).encode("utf-8")
         salt = base64.b64decode(kdf["salt"])
-        return Scrypt(salt=salt, length=_KEY_BYTES, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
-            secret
-        )
+        try:
+            return Scrypt(salt=salt, length=_KEY_BYTES, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
+                secret
+            )
+        except (MemoryError, ValueError) as exc:  # parameters this machine cannot run
+            raise VaultCorrupted(
+                self.path, f"its scrypt parameters cannot be used ({type(exc).__name__})"
+            ) from None
 
     def _no_key(self) -> NoMasterKey:
         return NoMasterKey(
@@ -656,7 +661,9 @@ def _check_kdf(kdf: Any) -> dict[str, Any]:
     # Bounded, so an edited header cannot make rick spend minutes or gigabytes.
     if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
         raise ValueError("scrypt parameters out of range")
-    if 128 * n * r > 2**28:  # scrypt needs 128 * n * r bytes: at most 256 MiB
+    if 128 * n * r > 2**26:  # scrypt needs 128 * n * r bytes: at most 64 MiB
+        raise ValueError("scrypt parameters out of range")
+    if n * r * p > 2**22:  # the work: a few seconds at most
         raise ValueError("scrypt parameters out of range")
     if len(_unb64(kdf["salt"])) < 8:
         raise ValueError("scrypt salt too short")
