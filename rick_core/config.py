@@ -346,8 +346,13 @@ VAULT_REFERENCE: Final = "vault:"
 # A key named like a secret, on its own or as a suffix (oanda_token, client-secret,
 # apiKey), after lower-casing and reading "-" as "_".
 _SECRET_KEY: Final = re.compile(
-    r"(token|secret|password|passwd|api_?key|private_?key|secret_?(access_?)?key|pass_?phrase)$"
+    r"(^|_)(tokens?|secrets?|passwords?|passwd|pwd|pin|pass_?phrases?|api_?keys?|"
+    r"private_?keys?|access_?keys?|secret_?(access_?)?keys?|auth|authorization|bearer|"
+    r"credentials?)$"
 )
+_URL_WITH_PASSWORD: Final = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+_NUMERIC_SECRET_KEY: Final = re.compile(r"(^|_)(passwords?|passwd|pwd|pin|pass_?phrases?)$")
+"""Keys whose number is a secret too (``password = 1234``); ``max_token = 5`` is not."""
 _CREDENTIAL_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
@@ -365,8 +370,30 @@ def _refuse_secrets(table: _Table, component: str) -> None:
                 if isinstance(item, dict):
                     nested = _Table(table.source, table.path(name, index), item)
                     _refuse_secrets(nested, component)
+        if isinstance(value, str) and _URL_WITH_PASSWORD.search(value):
+            raise table.error(
+                name,
+                "a URL without a password in it (secrets do not belong in rick.toml)",
+                found_text="a URL with user:password (not shown)",
+                detail=(
+                    f"remove the password from the URL and store it with "
+                    f"`rick creds set {component} <name>`"
+                ),
+            )
         if not _SECRET_KEY.search(name.lower().replace("-", "_")):
             continue
+        if (
+            isinstance(value, int | Decimal)
+            and not isinstance(value, bool)
+            and _NUMERIC_SECRET_KEY.search(name.lower().replace("-", "_"))
+        ):
+            raise table.error(
+                name,
+                f'a reference to the encrypted vault, "{VAULT_REFERENCE}<name>" '
+                "(secrets do not belong in rick.toml)",
+                found_text="a literal number (not shown: it looks like a secret)",
+                detail=f"store it with `rick creds set {component} {name.lower()}`",
+            )
         strings = [value] if isinstance(value, str) else []
         if isinstance(value, list):
             strings = [item for item in value if isinstance(item, str)]

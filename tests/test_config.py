@@ -567,3 +567,20 @@ def test_large_trade_threshold_is_configurable(tmp_path: Path) -> None:
     path.write_text('[audit]\nlarge_trade = "lots"\n', "utf-8")
     with pytest.raises(ConfigError, match=r"rick.toml: key 'audit.large_trade': expected a number"):
         load_config(path, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "found"),
+    [
+        ("password = 84736251", "a literal number"),
+        ('pin = "1234"', "a literal string"),
+        ('access_key = "AKIAIOSFODNN7EXAMPLE"', "a literal string"),
+        ('auth = "Bearer abc.def"', "a literal string"),
+        ('tokens = ["t1-abcdef"]', "a literal string"),
+        ('url = "https://user:hunter2@api.example.com/v3"', "a URL with user:password"),
+    ],
+)
+def test_more_forms_of_a_secret_are_refused(tmp_path: Path, entry: str, found: str) -> None:
+    with pytest.raises(ConfigError, match=found) as refused:
+        load_text(tmp_path, _STRATEGY + f'[brokers.oanda]\nkind = "oanda"\n{entry}\n')
+    assert "hunter2" not in str(refused.value) and "84736251" not in str(refused.value)
