@@ -805,3 +805,19 @@ async def test_a_log_held_by_another_process_shows_as_lag(log: AuditLog) -> None
         assert trail.written == 1 and trail.lag() == 0
         await trail.aclose()
     blocker.close()
+
+
+def test_verify_fails_when_the_log_is_gone_but_rick_has_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from rick_core.cli import _build_cli
+    from rick_core.store import Store
+
+    monkeypatch.setenv("RICK_HOME", str(tmp_path))
+    result = CliRunner().invoke(_build_cli(), ["audit", "verify"])
+    assert result.exit_code == 0 and "no audit log yet" in result.output  # a fresh home
+    Store.open(tmp_path / "rick.db").close()
+    result = CliRunner().invoke(_build_cli(), ["audit", "verify"])
+    assert result.exit_code == 1 and "the audit log is missing although rick.db" in result.output

@@ -88,6 +88,16 @@ def verify(config_path: Path | None) -> None:
     """
     log = _open_for_reading(config_path)
     if log is None:
+        config = load_config_or_exit(config_path)
+        traces = [p.name for p in (config.store_path, config.home / "vault.json") if p.exists()]
+        if traces:
+            # rick has run or stored credentials here, so a log should exist: it
+            # may have been deleted to hide what happened.
+            raise click.ClickException(
+                f"the audit log is missing although {' and '.join(traces)} exist(s) in "
+                f"{config.home}: it may have been deleted; restore it from a backup or from "
+                "an audit sink's copy"
+            )
         return
     from rick_core.security.audit import AuditError
 
