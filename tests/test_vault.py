@@ -640,11 +640,7 @@ def test_cli_changes_are_audited_without_values(home: Path, env: dict[str, str])
 def test_cli_prompts_twice_without_echo_in_a_terminal(
     home: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    monkeypatch.setattr("click.get_text_stream", lambda name: Terminal())
+    monkeypatch.setattr("rick_core.commands.creds._stdin_is_terminal", lambda: True)
     result = run(["set", "oanda", "token"], env, f"{SECRET}\n{SECRET}\n")
     assert result.exit_code == 0, outputs(result)
     assert "Value of oanda token" in result.stderr and "Repeat for confirmation" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,12 @@ _SHOWN_ONCE = (
     "This is the only time the key is shown: store it now (a password manager, the "
     "client's secret store). rick keeps only a hash of it."
 )
+
+
+def _stdin_is_terminal() -> bool:
+    """Whether a person can type at a prompt (not piped input, not a test runner)."""
+    stream = sys.stdin
+    return stream is not None and stream.isatty()
 
 
 def _home() -> Path:
@@ -65,7 +72,7 @@ def _open_keys(home: Path) -> ApiKeys:
         if event in ("stored", "rotated"):
             stored.append((component, name))
 
-    prompt = _hidden_prompt if click.get_text_stream("stdin").isatty() else None
+    prompt = _hidden_prompt if _stdin_is_terminal() else None
     try:
         vault = Vault.open(home, environ=os.environ, prompt=prompt, on_event=on_event)
         keys = open_api_keys(home, vault)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,12 @@ _Event = tuple[str, str, str]
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _stdin_is_terminal() -> bool:
+    """Whether a person can type at a prompt (not piped input, not a test runner)."""
+    stream = sys.stdin
+    return stream is not None and stream.isatty()
 
 
 def _home() -> Path:
@@ -65,7 +72,7 @@ def _vault(*, create: bool, changes: bool = True) -> Iterator[tuple[Vault, list[
     if changes:
         _check_audit_log(home)
     events: list[_Event] = []
-    prompt = _hidden_prompt if click.get_text_stream("stdin").isatty() else None
+    prompt = _hidden_prompt if _stdin_is_terminal() else None
     try:
         vault = Vault.open(
             home,
@@ -149,8 +156,7 @@ def _explain_new_vault(vault: Vault) -> None:
 def _read_value(component: str, name: str) -> str:
     """A value from a hidden prompt (asked twice) in a terminal, else from stdin,
     without one trailing newline. Empty values are refused."""
-    stdin = click.get_text_stream("stdin")
-    if stdin.isatty():
+    if _stdin_is_terminal():
         value: str = click.prompt(
             f"Value of {component} {name}",
             hide_input=True,
@@ -158,7 +164,7 @@ def _read_value(component: str, name: str) -> str:
             err=True,
         )
     else:
-        value = stdin.read()
+        value = sys.stdin.read()
         if value.endswith("\r\n"):
             value = value[:-2]
         elif value.endswith("\n"):
