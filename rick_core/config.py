@@ -144,6 +144,9 @@ class RickConfig:
     mode: Mode = Mode.PAPER
     log: LogConfig = field(factory=LogConfig)
     audit: AuditConfig = field(factory=lambda: AuditConfig())
+    risk: Mapping[str, Any] = field(factory=dict)
+    """The ``[risk]`` table as written (checked); :func:`rick_core.engine.risk.parse_risk`
+    turns it into the engine's charter."""
     store: StoreConfig = field(factory=StoreConfig)
     brokers: Mapping[str, ComponentConfig] = field(factory=dict)
     strategies: Mapping[str, StrategyConfig] = field(factory=dict)
@@ -250,6 +253,7 @@ _TOP_KEYS: Final = (
     "log",
     "store",
     "audit",
+    "risk",
     "brokers",
     "strategies",
     "notifiers",
@@ -277,6 +281,12 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         )
     if large_trade <= 0:
         raise audit.error("large_trade", "a positive number", large_trade)
+    risk = top.table("risk", required=False).data
+    if risk:
+        # Checked now, so `rick check` reports a bad limit before anything runs.
+        from rick_core.engine.risk import parse_risk
+
+        parse_risk(risk, str(source) if source else DEFAULTS_SOURCE)
     brokers = _components(top, "brokers", "broker")
     strategies = {
         name: _strategy(table, brokers) for name, table in top.tables("strategies").items()
@@ -287,6 +297,7 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         log=LogConfig(level=level),
         store=StoreConfig(path=store_path),
         audit=AuditConfig(large_trade=Decimal(large_trade)),
+        risk=risk,
         brokers=brokers,
         strategies=strategies,
         notifiers=_components(top, "notifiers", "notifier"),

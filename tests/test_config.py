@@ -278,7 +278,7 @@ STRATEGY = '[brokers.paper]\nkind = "paper"\n[strategies.trend]\nkind = "sma"\nb
         pytest.param(
             'brokerz = "x"',
             "brokerz",
-            "expected one of the top-level keys: mode, log, store, audit, brokers",
+            "expected one of the top-level keys: mode, log, store, audit, risk, brokers",
             "found unknown key 'brokerz'; did you mean 'brokers'?",
             id="unknown-top-level-key",
         ),
@@ -584,3 +584,12 @@ def test_more_forms_of_a_secret_are_refused(tmp_path: Path, entry: str, found: s
     with pytest.raises(ConfigError, match=found) as refused:
         load_text(tmp_path, _STRATEGY + f'[brokers.oanda]\nkind = "oanda"\n{entry}\n')
     assert "hunter2" not in str(refused.value) and "84736251" not in str(refused.value)
+
+
+def test_a_bad_risk_limit_is_refused_when_the_config_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "rick.toml"
+    path.write_text('[risk.instruments.EUR_USD]\nmax_order_quantity = "lots"\n', "utf-8")
+    with pytest.raises(ConfigError, match=r"risk.instruments.EUR_USD.max_order_quantity"):
+        load_config(path, home=tmp_path)
+    path.write_text("[risk]\nmax_order_quantity = 1000\n", "utf-8")
+    assert load_config(path, home=tmp_path).risk == {"max_order_quantity": 1000}

@@ -217,7 +217,7 @@ class EngineAudit:
         currency = service.account.currency
         instrument = service.instruments.get(fill.instrument)
         quote_currency = instrument.quote_currency if instrument is not None else currency
-        rate = self._rate(service, quote_currency, currency)
+        rate = self.rate(service, quote_currency, currency)
         notional = fill.quantity * fill.price
         if rate is None:
             if fill.instrument not in self._unconverted:
@@ -255,7 +255,9 @@ class EngineAudit:
         )
 
     @staticmethod
-    def _rate(service: BrokerService, source: str, target: str) -> Decimal | None:
+    def rate(service: BrokerService, source: str, target: str) -> Decimal | None:
+        """How much one unit of ``source`` is worth in ``target``, from the broker's
+        latest quotes, or None when they cannot tell."""
         if source == target:
             return Decimal(1)
         direct = service.last_quotes.get(f"{source}_{target}")

@@ -93,8 +93,10 @@ class RiskDenied(TradingHalted):
     gives the value, the limit and the table the limit is configured in."""
 
     def __init__(self, code: ReasonCode, message: str) -> None:
-        super().__init__(message)
+        # The code leads the text, so a stored reject reason and a log line carry it.
+        super().__init__(f"risk {code.value}: {message}")
         self.code = code
+        self.message = message
 
 
 class TradingState(enum.Enum):

@@ -35,6 +35,7 @@ from rick_core.components import ComponentSetup, Credentials, NoCredentials
 from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
+from rick_core.engine.risk import Charter, RiskContext, parse_risk
 from rick_core.logs import redact
 from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
 from rick_core.security.audit import record_to_json
@@ -315,6 +316,7 @@ class Engine:
         audit: AuditTrail | None = None,
         large_trade: Decimal = DEFAULT_LARGE_TRADE,
         vault: Vault | None = None,
+        risk: Charter | None = None,
     ) -> None:
         """``strategies`` are ``(strategy, broker name, instruments)``. ``audit`` is
         the trail every order event goes to (None: no auditing); ``vault`` is
@@ -325,9 +327,9 @@ class Engine:
         self.vault = vault
         self.services: dict[str, BrokerService] = {}
         self.audit = EngineAudit(audit, services=self.services, large_trade=large_trade)
-        self.oms = OrderManager(
-            store, dict(brokers), self._dispatch, before_send=self.audit.before_send
-        )
+        self.risk = risk
+        self._day_start: dict[str, tuple[str, Decimal]] = {}  # broker -> (UTC date, equity)
+        self.oms = OrderManager(store, dict(brokers), self._dispatch, before_send=self._before_send)
         self.services.update(
             {name: BrokerService(name, b, self.oms) for name, b in brokers.items()}
         )
@@ -424,6 +426,7 @@ class Engine:
             audit=audit,
             vault=vault,
             large_trade=large_trade,
+            risk=parse_risk(config.risk, where) if config.risk else None,
         )
         audits.append(engine.audit)
         for early in credentials:
@@ -676,6 +679,47 @@ class Engine:
             service.connected = False
 
     # -- events --------------------------------------------------------------
+
+    async def _before_send(self, strategy: str, order: Order) -> None:
+        """The risk charter's pre-trade check, then the audit record, then the send."""
+        if self.risk is not None:
+            self.risk.check(await self._risk_context(strategy, order))
+        await self.audit.before_send(strategy, order)
+
+    async def _risk_context(self, strategy: str, order: Order) -> RiskContext:
+        service = self.services[order.broker]
+        request = order.request
+        position = service.positions.get(request.instrument)
+        price = request.entry_price
+        if price is None:
+            quote = service.last_quotes.get(request.instrument)
+            if quote is None:
+                quote = await service.broker.quote(request.instrument)
+            price = quote.price_for(request.side)
+        instrument = service.instruments.get(request.instrument)
+        account = service.account
+        rate = Decimal(1)
+        daily_pnl = Decimal(0)
+        if account is not None:
+            quote_currency = instrument.quote_currency if instrument else account.currency
+            rate = EngineAudit.rate(service, quote_currency, account.currency) or Decimal(1)
+            today = utc_now().date().isoformat()
+            day, start = self._day_start.get(order.broker, ("", account.equity))
+            if day != today:  # the first look of a UTC day sets its starting equity
+                self._day_start[order.broker] = (today, account.equity)
+                start = account.equity
+            daily_pnl = account.equity - start
+        return RiskContext(
+            request=request,
+            strategy=strategy,
+            broker=order.broker,
+            reference_price=price,
+            position=position.quantity if position is not None else Decimal(0),
+            open_positions=len(service.positions),
+            daily_pnl=daily_pnl,
+            rate_to_account=rate,
+            now=utc_now(),
+        )
 
     def _dispatch(self, owner: str | None, event: Order | Fill) -> None:
         self.audit.observe(owner, event)
