@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from rick_core.components import ComponentSetup
+from rick_core.engine.risk import parse_risk
 from rick_core.engine.runtime import Engine
 from rick_core.logs import configure_logging
 from rick_core.model import Fill, Order, Quote, utc_now
@@ -111,9 +112,22 @@ def paper(home: Path, **options: Any) -> PaperBroker:
     return PaperBroker(ComponentSetup(name="paper", options=options, home=home))
 
 
-async def round_trips(folder: Path, n: int, audited: bool = False) -> PingPong:
+RISK = {  # ten active rules, none of which the ping-pong orders break
+    "max_order_quantity": 10_000,
+    "max_order_notional": 100_000,
+    "max_position": 50_000,
+    "max_open_positions": 10,
+    "max_orders_per_second": 100_000,
+    "daily_loss_limit": 50_000,
+    "min_reward_to_risk": 1,
+    "instruments": {"EUR_USD": {"max_order_quantity": 5_000, "max_position": 20_000}},
+    "strategies": {"bench": {"max_order_notional": 50_000}},
+}
+
+
+async def round_trips(folder: Path, n: int, audited: bool = False, risk: bool = False) -> PingPong:
     strategy = PingPong(StrategySetup(name="bench", broker="paper", instruments=()), n)
-    name = "audited" if audited else "rick"
+    name = ("audited" if audited else "rick") + ("-risk" if risk else "")
     audit_log = AuditLog.open(folder / f"{name}-audit.db") if audited else None
     trail = AuditTrail(audit_log, inline_batch=0, gather=0.002) if audit_log is not None else None
     with Store.open(folder / f"{name}.db") as store:
@@ -124,6 +138,7 @@ async def round_trips(folder: Path, n: int, audited: bool = False) -> PingPong:
             brokers={"paper": paper(folder, interval=0.05)},
             strategies=[(strategy, "paper", ())],
             audit=trail,
+            risk=parse_risk(RISK, "bench") if risk else None,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(engine.run)
@@ -183,6 +198,7 @@ def main() -> None:
         raw = max(raw, raw_commit_rate(folder, n))
         rate, p50, p99 = summary(strategy)
         a_rate, a_p50, a_p99 = summary(trio.run(round_trips, folder, n, True))
+        r_rate, r_p50, r_p99 = summary(trio.run(round_trips, folder, n, True, True))
         print(f"Order round trip ({n:,} orders, one in flight, store in {folder.parent})")
         print(f"  round trips       {rate:10,.0f}/s   p50 {p50:6.0f} us   p99 {p99:6.0f} us")
         print(f"  raw WAL commits   {raw:10,.0f}/s   (single-row INSERT + COMMIT)")
@@ -190,6 +206,10 @@ def main() -> None:
         print(
             f"  with audit trail  {a_rate:10,.0f}/s   p50 {a_p50:6.0f} us   p99 {a_p99:6.0f} us"
             "   (ORDER_SUBMITTED + ORDER_FILLED per order, fsynced)"
+        )
+        print(
+            f"  + risk charter    {r_rate:10,.0f}/s   p50 {r_p50:6.0f} us   p99 {r_p99:6.0f} us"
+            "   (10 rules; goal >= 3,000/s, p99 < 2 ms)"
         )
         count, elapsed = trio.run(quote_flow, folder, seconds)
         flow = count / elapsed
