@@ -38,6 +38,12 @@ CORE_COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "Create and revoke API keys for rick's interfaces.",
     ),
     "audit": ("rick_core.commands.audit", "audit", "Verify, query and export the audit log."),
+    "halt": (
+        "rick_core.commands.halt",
+        "halt",
+        "Stop trading: cancel open orders, refuse new ones.",
+    ),
+    "resume": ("rick_core.commands.halt", "resume", "Lift a halt: take orders again."),
     "orders": ("rick_core.commands.orders", "orders", "List stored orders, newest last."),
     "fills": ("rick_core.commands.fills", "fills", "List stored fills, newest last."),
     "positions": ("rick_core.commands.positions", "positions", "Show net positions from fills."),

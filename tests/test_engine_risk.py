@@ -3,6 +3,7 @@ record with its reason code, and the strategy hears why."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,89 @@ async def test_denied_orders_never_reach_the_broker_and_say_why(
     audit_log.close()
     assert kinds.count(EventType.ORDER_REJECTED) == 2
     assert kinds.count(EventType.ORDER_SUBMITTED) == 2  # only what passed the charter
+
+
+class Rester(Strategy):
+    """Leaves a limit order resting, then keeps trying to buy every second."""
+
+    def __init__(self) -> None:
+        super().__init__(StrategySetup(name="r", broker="paper", instruments=("EUR_USD",)))
+        self.resting: object = None
+        self.tries: list[object] = []
+
+    async def on_start(self) -> None:
+        quote = self.ctx.last_quote("EUR_USD")
+        assert quote is not None
+        self.resting = await self.ctx.buy("EUR_USD", 1000, limit=quote.bid - Decimal("0.01"))
+        self.ctx.schedule(1.0, "try")
+
+    async def on_timer(self, name: str) -> None:
+        try:
+            self.tries.append(await self.ctx.buy("EUR_USD", 1000))
+        except RiskDenied as denied:
+            self.tries.append(denied)
+
+
+async def test_rick_halt_cancels_open_orders_and_rick_resume_lifts_it(
+    home: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rick_core.components import ComponentSetup
+    from rick_core.engine.control import write_switch
+    from rick_core.paper.broker import PaperBroker
+
+    strategy = Rester()
+    broker = PaperBroker(
+        ComponentSetup(
+            name="paper", options={"persist": False, "instruments": ["EUR_USD"]}, home=home
+        )
+    )
+    audit_log = AuditLog.open(home / "audit.db")
+    with Store.open(home / "rick.db") as store:
+        engine = Engine(
+            store=store,
+            brokers={"paper": broker},
+            strategies=[(strategy, "paper", ("EUR_USD",))],
+            audit=AuditTrail(audit_log),
+            home=home,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
+            await engine.started.wait()
+            await trio.sleep(2.5)
+            write_switch(home, halted=True, reason="test", actor="tester")  # `rick halt`
+            await trio.sleep(3)
+            resting = store.get_order(strategy.resting.client_order_id)  # type: ignore[attr-defined]
+            assert resting is not None and resting.status is OrderStatus.CANCELED
+            assert await broker.open_orders() == []
+            write_switch(home, halted=False, reason="", actor="tester")  # `rick resume`
+            await trio.sleep(2)
+            engine.request_stop("test")
+    kinds = [r.type for r in audit_log.query()]
+    audit_log.close()
+    outcomes = ["denied" if isinstance(t, RiskDenied) else "filled" for t in strategy.tries]
+    # filled before the halt, denied while halted, filled again after the resume
+    assert outcomes[0] == "filled" and "denied" in outcomes and outcomes[-1] == "filled"
+    denied = next(t for t in strategy.tries if isinstance(t, RiskDenied))
+    assert denied.code is ReasonCode.HALTED and "rick resume" in str(denied)
+    assert EventType.TRADING_HALTED in kinds and EventType.TRADING_RESUMED in kinds
+
+
+def test_rick_halt_and_resume_commands_are_audited(home: Path) -> None:
+    from click.testing import CliRunner
+
+    from rick_core.cli import _build_cli
+    from rick_core.engine.control import read_switch
+
+    env = {"RICK_HOME": str(home)}
+    result = CliRunner().invoke(_build_cli(), ["halt", "--reason", "news"], env=env)
+    assert result.exit_code == 0, result.output
+    switch = read_switch(home)
+    assert switch is not None and switch.halted and switch.reason == "news"
+    result = CliRunner().invoke(_build_cli(), ["resume"], env=env)
+    assert result.exit_code == 0, result.output
+    switch = read_switch(home)
+    assert switch is not None and not switch.halted
+    with AuditLog.open(home / "audit.db") as log:
+        records = log.query()
+    assert [r.type for r in records] == [EventType.TRADING_HALTED, EventType.TRADING_RESUMED]
+    assert records[0].actor.source == "cli" and records[0].details == {"reason": "news"}

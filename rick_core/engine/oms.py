@@ -181,6 +181,10 @@ class OrderManager:
             and (instrument is None or o.instrument == instrument)
         ]
 
+    def all_working(self) -> list[Order]:
+        """Every order not final that this run knows of, of every strategy."""
+        return [o for o in self._orders.values() if not o.status.is_final]
+
     def known(self, client_order_id: str) -> Order | None:
         """The latest state of an order this run has seen (or the store has), or None."""
         found = self._orders.get(client_order_id) or self._final.get(client_order_id)

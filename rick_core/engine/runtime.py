@@ -25,6 +25,7 @@ import signal
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -33,13 +34,14 @@ import trio
 from rick_core.broker import Broker, BrokerError
 from rick_core.components import ComponentSetup, Credentials, NoCredentials
 from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
+from rick_core.engine.control import STATE_FILENAME, TradingSwitch, read_switch
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
-from rick_core.engine.risk import Charter, RiskContext, parse_risk
+from rick_core.engine.risk import Charter, ReasonCode, RiskContext, RiskDenied, parse_risk
 from rick_core.logs import redact
 from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
 from rick_core.security.audit import record_to_json
-from rick_core.security.records import AuditRecord, EventType
+from rick_core.security.records import AuditRecord, EventType, Severity
 from rick_core.strategy import Strategy, StrategySetup
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ ACCOUNT_POLL = 1.0
 CHECKPOINT_EVERY = 1.0
 ACCOUNT_SAVE_EVERY = 10.0
 VAULT_POLL = 2.0
+SWITCH_POLL = 0.5
 
 
 class EngineError(RuntimeError):
@@ -317,6 +320,7 @@ class Engine:
         large_trade: Decimal = DEFAULT_LARGE_TRADE,
         vault: Vault | None = None,
         risk: Charter | None = None,
+        home: Path | None = None,
     ) -> None:
         """``strategies`` are ``(strategy, broker name, instruments)``. ``audit`` is
         the trail every order event goes to (None: no auditing); ``vault`` is
@@ -328,6 +332,9 @@ class Engine:
         self.services: dict[str, BrokerService] = {}
         self.audit = EngineAudit(audit, services=self.services, large_trade=large_trade)
         self.risk = risk
+        self.home = home
+        self.halted: TradingSwitch | None = None
+        """Set while `rick halt` is in force: no new orders, open ones canceled."""
         self._day_start: dict[str, tuple[str, Decimal]] = {}  # broker -> (UTC date, equity)
         self.oms = OrderManager(store, dict(brokers), self._dispatch, before_send=self._before_send)
         self.services.update(
@@ -427,6 +434,7 @@ class Engine:
             vault=vault,
             large_trade=large_trade,
             risk=parse_risk(config.risk, where) if config.risk else None,
+            home=config.home,
         )
         audits.append(engine.audit)
         for early in credentials:
@@ -495,6 +503,7 @@ class Engine:
         async with trio.open_nursery() as services:
             await services.start(self.oms.run)
             services.start_soon(self._checkpoints)
+            self._apply_switch(read_switch(self.home) if self.home else None, cancel=False)
             with self._until_stop():
                 for service in self.services.values():
                     await services.start(service.run)
@@ -504,6 +513,7 @@ class Engine:
             if not self._stop.is_set():
                 services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
                 services.start_soon(self._watch_vault)
+                services.start_soon(self._watch_switch)
             strategies_scope = trio.CancelScope()
             with strategies_scope:
                 async with trio.open_nursery() as strategies:
@@ -563,6 +573,56 @@ class Engine:
                 raise EngineError(
                     f"strategy {runner.name!r}: broker {service.name!r} does not list "
                     f"{', '.join(unknown)}; it trades {', '.join(sorted(service.instruments))}"
+                )
+
+    async def _watch_switch(self) -> None:
+        """Follow `rick halt` / `rick resume` (run in another process) within a second."""
+        if self.home is None:
+            return
+        path = self.home / STATE_FILENAME
+        seen: float | None = None
+        while True:
+            try:
+                stamp = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                stamp = None
+            if stamp != seen:
+                seen = stamp
+                await self._cancel_all(self._apply_switch(read_switch(self.home), cancel=True))
+            await trio.sleep(SWITCH_POLL)
+
+    def _apply_switch(self, switch: TradingSwitch | None, *, cancel: bool) -> bool:
+        """Take the switch's state; True when open orders must now be canceled."""
+        halted = switch is not None and switch.halted
+        if halted and self.halted is None:
+            assert switch is not None
+            self.halted = switch
+            log.warning("trading halted", reason=switch.reason, by=switch.actor)
+            self.audit.system(
+                EventType.TRADING_HALTED,
+                {"reason": switch.reason, "by": switch.actor},
+                Severity.WARNING,
+            )
+            return cancel
+        if not halted and self.halted is not None:
+            self.halted = None
+            log.info("trading resumed", by=switch.actor if switch else "")
+            self.audit.system(
+                EventType.TRADING_RESUMED, {"by": switch.actor if switch else "", "reason": ""}
+            )
+        return False
+
+    async def _cancel_all(self, needed: bool) -> None:
+        if not needed:
+            return
+        for order in self.oms.all_working():
+            try:
+                await self.oms.cancel(None, order)
+            except BrokerError as exc:
+                log.error(
+                    "halt: could not cancel an order",
+                    client_order_id=order.client_order_id,
+                    error=str(exc),
                 )
 
     async def _watch_vault(self) -> None:
@@ -681,7 +741,14 @@ class Engine:
     # -- events --------------------------------------------------------------
 
     async def _before_send(self, strategy: str, order: Order) -> None:
-        """The risk charter's pre-trade check, then the audit record, then the send."""
+        """The halt switch, the risk charter's pre-trade check, then the audit
+        record, then the send."""
+        if self.halted is not None:
+            raise RiskDenied(
+                ReasonCode.HALTED,
+                f"trading is halted ({self.halted.reason}, by {self.halted.actor}); "
+                "`rick resume` lifts it",
+            )
         if self.risk is not None:
             self.risk.check(await self._risk_context(strategy, order))
         await self.audit.before_send(strategy, order)
