@@ -281,6 +281,15 @@ class Broker(abc.ABC):
     async def open_orders(self, instrument: str | None = None) -> list[Order]:
         """Working orders, optionally of one instrument."""
 
+    @abc.abstractmethod
+    async def get_order(self, client_order_id: str) -> Order:
+        """The venue's current state of the order with this client order id.
+
+        The core calls it when a submit timed out or lost its connection, to
+        learn whether the venue has the order, instead of sending it again.
+        Raises :class:`NotFound` when the venue never received it.
+        """
+
     # -- account -------------------------------------------------------------
 
     @abc.abstractmethod

@@ -252,3 +252,55 @@ async def test_a_fast_simulated_market_runs_under_the_autojump_clock(
         await engine.run(duration=10)
     # 10 s at speed 20 is 200 simulated seconds: about 400 quotes at 0.5 s
     assert 300 <= strategy.quotes <= 500
+
+
+class AcceptsThenSilent(PaperBroker):
+    """The venue takes the order, and its answer never comes back."""
+
+    calls = 0
+
+    async def place_order(self, request: OrderRequest) -> Order:
+        self.calls += 1
+        await super().place_order(request)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+class LostOnTheWay(PaperBroker):
+    """The submit disappears before it reaches the venue."""
+
+    calls = 0
+
+    async def place_order(self, request: OrderRequest) -> Order:
+        self.calls += 1
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    ("cls", "status"),
+    [(AcceptsThenSilent, OrderStatus.FILLED), (LostOnTheWay, OrderStatus.REJECTED)],
+)
+async def test_an_unanswered_submit_is_looked_up_by_client_id_and_never_resent(
+    tmp_path: Path,
+    store: Store,
+    autojump_clock: trio.testing.MockClock,
+    cls: type[PaperBroker],
+    status: OrderStatus,
+) -> None:
+    broker = make(cls, tmp_path)
+    strategy = Buyer()
+    engine = Engine(
+        store=store, brokers={"paper": broker}, strategies=[(strategy, "paper", ("EUR_USD",))]
+    )
+    engine.oms.send_timeout = 2.0
+    await engine.run(duration=30)
+    (order,) = store.orders()
+    assert order.status is status
+    assert broker.calls == 1  # type: ignore[attr-defined]
+    assert strategy.result is not None and strategy.result.status is status
+    if status is OrderStatus.REJECTED:
+        assert "never received it" in (order.reject_reason or "")
+        assert "not sent again" in (order.reject_reason or "")
+    else:
+        assert store.fills() and store.fills()[0].client_order_id == order.client_order_id

@@ -85,6 +85,12 @@ class OneQuoteBroker(Broker):
     async def open_orders(self, instrument: str | None = None) -> list[Order]:
         return list(self.orders.values())
 
+    async def get_order(self, client_order_id: str) -> Order:
+        try:
+            return self.orders[client_order_id]
+        except KeyError:
+            raise NotFound(f"no order {client_order_id}", broker=self.name) from None
+
     async def positions(self) -> list[Position]:
         return []
 

@@ -34,6 +34,7 @@ from rick_core.broker import (
     Broker,
     BrokerError,
     Keep,
+    NotFound,
     OrderRejected,
     TemporarilyUnavailable,
 )
@@ -84,6 +85,12 @@ def _newer(current: Order, update: Order) -> bool:
     return _RANK[update.status] >= _RANK[current.status]
 
 
+SEND_TIMEOUT = 10.0
+"""Seconds a venue has to answer a submit before the order is looked up instead."""
+
+RESOLVE_WITHIN = 30.0
+"""Seconds spent looking an unanswered order up before leaving it for reconciliation."""
+
 FLUSH_DELAY = 0.002
 """Longest time, in seconds, an order state change waits to be grouped with another write."""
 
@@ -128,6 +135,7 @@ class OrderManager:
         self._brokers = brokers
         self._listener = listener
         self._before_send = before_send
+        self.send_timeout = SEND_TIMEOUT
         self._orders: dict[str, Order] = {}  # working orders
         self._final: OrderedDict[str, Order] = OrderedDict()  # recently final, bounded
         self._owners: OrderedDict[str, str | None] = OrderedDict()  # id -> strategy, bounded
@@ -224,14 +232,23 @@ class OrderManager:
                 await self._before_send(strategy, order)
             await trio.lowlevel.checkpoint_if_cancelled()
             sent = True
-            ack = await broker.place_order(request)
+            with trio.move_on_after(self.send_timeout) as waiting:
+                ack = await broker.place_order(request)
+            if waiting.cancelled_caught:
+                raise TemporarilyUnavailable(
+                    f"no answer to the order within {self.send_timeout:g} s", broker=broker_name
+                )
         except OrderRejected as exc:
             self.rejections += 1
             return self._record_final(order, OrderStatus.REJECTED, exc.reason)
         except BrokerError as exc:
             if isinstance(exc, TemporarilyUnavailable):
+                # Sent, outcome unknown: ask the venue by client order id, never resend.
                 self._record_unknown(order, str(exc))
-                raise
+                resolved = await self._resolve(broker, order)
+                if resolved is None:
+                    raise
+                return resolved
             self.rejections += 1
             return self._record_final(order, OrderStatus.REJECTED, str(exc))
         except BaseException as exc:
@@ -248,6 +265,38 @@ class OrderManager:
             self._exit()
         self.apply([ack])
         return self.known(coid) or ack
+
+    async def _resolve(self, broker: Broker, order: Order) -> Order | None:
+        """Look an order whose submit went unanswered up at the venue, a few times
+        with backoff. Returns its state (``rejected`` if the venue never got it),
+        or None when the venue could not be asked: it stays ``submitted``."""
+        coid = order.client_order_id
+        delay = 0.5
+        deadline = trio.current_time() + RESOLVE_WITHIN
+        while True:
+            try:
+                with trio.move_on_after(self.send_timeout):
+                    found = await broker.get_order(coid)
+                    self.apply([found], durable=True)
+                    log.info(
+                        "unknown order resolved", client_order_id=coid, status=found.status.value
+                    )
+                    return self.known(coid) or found
+            except NotFound:
+                self.rejections += 1
+                return self._record_final(
+                    order,
+                    OrderStatus.REJECTED,
+                    "the venue never received it (looked up by client order id after the "
+                    "submit went unanswered); it was not sent again",
+                    unknown_ok=True,
+                )
+            except BrokerError as exc:
+                log.warning("cannot look the order up yet", client_order_id=coid, error=str(exc))
+            if trio.current_time() + delay > deadline:
+                return None
+            await trio.sleep(delay)
+            delay *= 2
 
     async def cancel(self, strategy: str | None, order: Order) -> Order:
         """Cancel a working order and record its new state."""
@@ -420,10 +469,15 @@ class OrderManager:
         if self._in_flight == 0:
             self._idle.set()
 
-    def _record_final(self, order: Order, status: OrderStatus, reason: str) -> Order:
+    def _record_final(
+        self, order: Order, status: OrderStatus, reason: str, *, unknown_ok: bool = False
+    ) -> Order:
         reason = redact(reason)  # a venue's words may quote a credential
         current = self.known(order.client_order_id) or order
-        if current.status is not OrderStatus.PENDING:
+        settles = current.status is OrderStatus.PENDING or (
+            unknown_ok and current.status is OrderStatus.SUBMITTED
+        )
+        if not settles:
             # The venue's stream already told us it has the order: a local error
             # after that (a garbled reply) must not bury a live order as rejected.
             log.warning(
@@ -434,7 +488,10 @@ class OrderManager:
             )
             return current
         final = attrs.evolve(
-            order, status=status, reject_reason=reason, updated_at=max(utc_now(), order.created_at)
+            current,
+            status=status,
+            reject_reason=reason,
+            updated_at=max(utc_now(), current.created_at),
         )
         self.apply([final], durable=True)
         log.info(

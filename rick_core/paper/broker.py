@@ -391,6 +391,10 @@ class PaperBroker(Broker):
             instrument, stop_loss=stop_loss, take_profit=take_profit, now=self.now()
         )
 
+    async def get_order(self, client_order_id: str) -> Order:
+        self._catch_up()
+        return self._live()[1].get_order(client_order_id)
+
     async def open_orders(self, instrument: str | None = None) -> list[Order]:
         self._catch_up()
         return self._live()[1].open_orders(instrument)

@@ -848,6 +848,29 @@ class BrokerConformance:
             with session.expect(NotFound, what), session.within(what):
                 await session.broker.cancel_order(never_sent)
 
+    async def test_get_order_finds_an_order_by_client_order_id(
+        self, rick_broker_target: BrokerTarget
+    ) -> None:
+        target = _check_target(rick_broker_target)
+        async with _Session(target) as session:
+            broker = session.broker
+            if OrderType.LIMIT not in broker.capabilities.order_types:
+                _skip("needs a resting order (LIMIT in capabilities.order_types)")
+            await session.require_flat()
+            request = await session.far_limit()
+            placed = await session.place(request)
+            _check_order(placed, request, broker)
+            with session.within("get_order()"):
+                found = await broker.get_order(request.client_order_id)
+            _check_order(found, request, broker)
+            assert found.venue_order_id == placed.venue_order_id, (
+                "get_order() returned another order than the one placed"
+            )
+            unknown = (await session.far_limit()).client_order_id
+            what = "get_order() of a client order id the venue never saw"
+            with session.expect(NotFound, what), session.within(what):
+                await broker.get_order(unknown)
+
     async def test_same_request_twice_creates_one_order(
         self, rick_broker_target: BrokerTarget
     ) -> None:
