@@ -133,7 +133,6 @@ class StrategyRunner:
         self._nursery: trio.Nursery | None = None
         self.errors = 0
         self.running = False
-        self.handled = 0
         strategy.ctx = self
 
     # -- running -------------------------------------------------------------
@@ -192,7 +191,6 @@ class StrategyRunner:
                 self._log.exception(
                     "strategy handler failed", handler=_HANDLERS.get(type(item), "on_timer")
                 )
-            self.handled += 1
 
     def stop(self) -> None:
         """Let the strategy finish what is in its inbox, then run ``on_stop`` and end."""

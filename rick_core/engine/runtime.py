@@ -826,7 +826,13 @@ class Engine:
         return {
             "brokers": brokers,
             "strategies": {
-                r.name: {"running": r.running, "errors": r.errors} for r in self.runners
+                r.name: {
+                    "running": r.running,
+                    "errors": r.errors,
+                    # quotes dropped because the strategy fell 1,024 behind: it is too slow
+                    "quotes_conflated": r.inbox.quotes_conflated,
+                }
+                for r in self.runners
             },
             "orders": self.oms.orders_sent,
             "fills": self.oms.fills_seen,

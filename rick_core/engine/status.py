@@ -88,5 +88,6 @@ async def show_status(
                 fills=status["fills"],
                 rejections=status["rejections"],
                 halted=status.get("halted"),
+                strategies=status["strategies"],
             )
             await trio.sleep(every_log)

@@ -222,7 +222,6 @@ class PaperBroker(Broker):
         self._last_quote_time: datetime | None = None
         self._quote_subs: list[_Subscriber] = []
         self._event_subs: list[_Subscriber] = []
-        self.quotes_generated = 0
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -328,7 +327,6 @@ class PaperBroker(Broker):
             for sub in self._quote_subs:
                 if sub.instruments is None or quote.instrument in sub.instruments:
                     sub.push(quote)
-        self.quotes_generated += count
         return count
 
     def _catch_up(self) -> None:
