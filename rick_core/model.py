@@ -98,7 +98,9 @@ class Side(_ValueEnum):
 class OrderType(_ValueEnum):
     MARKET = "market"
     LIMIT = "limit"
-    STOP = "stop"
+    STOP = "stop"  # a market order once the price reaches stop_price
+    STOP_LIMIT = "stop_limit"  # a limit order at limit_price once the price reaches stop_price
+    TRAILING_STOP = "trailing_stop"  # a stop that follows the best price by a distance or percent
 
 
 class TimeInForce(_ValueEnum):
@@ -110,26 +112,40 @@ class TimeInForce(_ValueEnum):
 
 
 class OrderStatus(_ValueEnum):
-    """Where an order is in its life.
+    """Where an order is in its life (the allowed moves are in :mod:`rick_core.orderstate`).
 
-    ``PENDING`` orders exist only in rick (written to the store, not yet sent);
-    ``SUBMITTED`` orders were sent and not yet acknowledged. The final states
-    never change again.
+    ``NEW`` orders exist only in rick (written to the store, not yet sent);
+    ``SUBMITTED`` orders are being sent; ``UNKNOWN`` orders were sent and the
+    venue's answer was lost (a timeout, a dropped connection): they are looked
+    up at the venue by client order id, never sent again. ``ACCEPTED`` orders
+    are working at the venue (or, for an emulated order, held by rick).
+    ``PENDING_CANCEL`` and ``PENDING_MODIFY`` mark a cancel or a change under
+    way. The final states never change again.
     """
 
-    PENDING = "pending"
+    NEW = "new"
     SUBMITTED = "submitted"
-    OPEN = "open"
+    UNKNOWN = "unknown"
+    ACCEPTED = "accepted"
     PARTIALLY_FILLED = "partially_filled"
+    PENDING_MODIFY = "pending_modify"
+    PENDING_CANCEL = "pending_cancel"
     FILLED = "filled"
     CANCELED = "canceled"
     REJECTED = "rejected"
     EXPIRED = "expired"
 
+    @classmethod
+    def _missing_(cls, value: object) -> OrderStatus | None:
+        # The names of rick 0.1's stores and paper accounts.
+        return _LEGACY_STATUS.get(value) if isinstance(value, str) else None
+
     @property
     def is_final(self) -> bool:
         return self in _FINAL_STATUSES
 
+
+_LEGACY_STATUS: Final = {"pending": OrderStatus.NEW, "open": OrderStatus.ACCEPTED}
 
 _FINAL_STATUSES: Final = frozenset(
     {OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
@@ -448,17 +464,36 @@ class OrderRequest:
     )
     client_order_id: str = field(factory=new_client_order_id, validator=_client_order_id)
     tag: str = field(default="", validator=_str)
+    trail_distance: Decimal | None = field(
+        default=None, converter=_to_optional_decimal, validator=_optional(_positive)
+    )
+    trail_percent: Decimal | None = field(
+        default=None, converter=_to_optional_decimal, validator=_optional(_positive)
+    )
 
     def __attrs_post_init__(self) -> None:
         where = f"order {self.client_order_id} ({self.side.value} {self.instrument})"
-        if self.type is OrderType.LIMIT and self.limit_price is None:
-            raise ModelError(f"{where}: a limit order needs limit_price")
-        if self.type is OrderType.STOP and self.stop_price is None:
-            raise ModelError(f"{where}: a stop order needs stop_price")
-        if self.type is not OrderType.LIMIT and self.limit_price is not None:
-            raise ModelError(f"{where}: limit_price is only for limit orders")
-        if self.type is not OrderType.STOP and self.stop_price is not None:
-            raise ModelError(f"{where}: stop_price is only for stop orders")
+        kind = self.type
+        needs_limit = kind is OrderType.LIMIT or kind is OrderType.STOP_LIMIT
+        needs_stop = kind is OrderType.STOP or kind is OrderType.STOP_LIMIT
+        if needs_limit and self.limit_price is None:
+            raise ModelError(f"{where}: a {kind.value} order needs limit_price")
+        if needs_stop and self.stop_price is None:
+            raise ModelError(f"{where}: a {kind.value} order needs stop_price")
+        if not needs_limit and self.limit_price is not None:
+            raise ModelError(f"{where}: limit_price is only for limit and stop_limit orders")
+        if not needs_stop and self.stop_price is not None:
+            raise ModelError(f"{where}: stop_price is only for stop and stop_limit orders")
+        if kind is OrderType.TRAILING_STOP:
+            if (self.trail_distance is None) == (self.trail_percent is None):
+                raise ModelError(
+                    f"{where}: a trailing stop needs exactly one of trail_distance (a price "
+                    "distance) or trail_percent (percent of the best price)"
+                )
+            if self.trail_percent is not None and self.trail_percent >= 100:
+                raise ModelError(f"{where}: trail_percent must be below 100")
+        elif self.trail_distance is not None or self.trail_percent is not None:
+            raise ModelError(f"{where}: trail_distance and trail_percent are for trailing stops")
         if (self.time_in_force is TimeInForce.GTD) != (self.expire_time is not None):
             raise ModelError(f"{where}: expire_time is required with GTD and only with GTD")
         # Plain comparisons, no arithmetic: nothing here depends on the caller's
@@ -511,7 +546,7 @@ class Order:
 
     request: OrderRequest = field(converter=_to_request)
     broker: str = field(validator=_non_empty)
-    status: OrderStatus = field(default=OrderStatus.PENDING, converter=_order_status)
+    status: OrderStatus = field(default=OrderStatus.NEW, converter=_order_status)
     venue_order_id: str | None = field(default=None, validator=_optional_str)
     filled_quantity: Decimal = field(
         default=Decimal(0), converter=_to_decimal, validator=_non_negative

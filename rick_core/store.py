@@ -179,9 +179,17 @@ def _add_strategies_and_accounts(db: Database) -> None:
     )
 
 
+def _rename_order_states(db: Database) -> None:
+    # The explicit order state machine (issue #5) names the first states "new"
+    # and "accepted"; rows written by earlier versions are renamed in place.
+    db.execute("UPDATE [orders] SET [status] = 'new' WHERE [status] = 'pending'")
+    db.execute("UPDATE [orders] SET [status] = 'accepted' WHERE [status] = 'open'")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders and fills", _create_orders_and_fills),
     Migration(2, "order strategies and account snapshots", _add_strategies_and_accounts),
+    Migration(3, "order state machine names", _rename_order_states),
 )
 """Every schema step, in order; versions are 1, 2, 3, ... with no gaps."""
 
@@ -373,7 +381,10 @@ def _fill_from_row(row: Mapping[str, Any]) -> Fill:
 
 
 _WORKING_STATUSES = tuple(s.value for s in OrderStatus if not s.is_final)
-_WORKING_CLAUSE = "status IN ('pending', 'submitted', 'open', 'partially_filled')"
+_WORKING_CLAUSE = (
+    "status IN ('new', 'submitted', 'unknown', 'accepted', 'partially_filled', "
+    "'pending_modify', 'pending_cancel')"
+)
 """The same statuses as SQL (a test keeps them equal)."""
 
 _MUTABLE_ORDER_COLUMNS = (

@@ -68,7 +68,7 @@ async def test_example_strategy_trades_end_to_end(
     assert fills, "market orders on the paper broker fill"
     # No order is left pending; every stored order is final or still working.
     assert {o.status for o in orders} <= {
-        OrderStatus.OPEN,
+        OrderStatus.ACCEPTED,
         OrderStatus.PARTIALLY_FILLED,
         OrderStatus.FILLED,
         OrderStatus.CANCELED,
@@ -245,7 +245,7 @@ async def test_stop_past_the_drain_deadline_leaves_orders_resumable(
         engine.request_stop("test")
     (order,) = store.orders()
     # Sent but never answered: left for reconciliation, never "pending".
-    assert order.status is OrderStatus.SUBMITTED
+    assert order.status is OrderStatus.UNKNOWN
     assert order.reject_reason and "reconcile" in order.reject_reason
     assert isinstance(strategy.results[-1], trio.Cancelled)
 
@@ -275,7 +275,7 @@ async def test_forced_stop_mid_order_leaves_the_store_consistent(
     assert engine.forced
     first, second = store.orders()
     assert first.status is OrderStatus.FILLED
-    assert second.status is OrderStatus.SUBMITTED
+    assert second.status is OrderStatus.UNKNOWN
     assert store.fills()[0].client_order_id == first.client_order_id
 
 

@@ -109,9 +109,9 @@ async def test_a_local_error_after_the_venue_accepted_does_not_bury_the_order(
         await trio.sleep(1)
         (order,) = store.orders()
         # rick still knows it as working, so it can still be cancelled
-        assert order.status is OrderStatus.OPEN
-        assert strategy.result is not None and strategy.result.status is OrderStatus.OPEN
-        assert [o.status for o in await broker.open_orders()] == [OrderStatus.OPEN]
+        assert order.status is OrderStatus.ACCEPTED
+        assert strategy.result is not None and strategy.result.status is OrderStatus.ACCEPTED
+        assert [o.status for o in await broker.open_orders()] == [OrderStatus.ACCEPTED]
         engine.request_stop()
 
 
@@ -164,8 +164,8 @@ async def test_order_states_waiting_to_be_written_survive_a_store_error(
             limit_price=Decimal("1.00000"),
         ),
     )
-    assert order.status is OrderStatus.OPEN
-    assert store.get_order(order.client_order_id).status is OrderStatus.PENDING  # type: ignore[union-attr]
+    assert order.status is OrderStatus.ACCEPTED
+    assert store.get_order(order.client_order_id).status is OrderStatus.NEW  # type: ignore[union-attr]
     real = store.record
 
     def failing_once(**kw: Any) -> list[Fill]:
@@ -186,7 +186,7 @@ async def test_order_states_waiting_to_be_written_survive_a_store_error(
     with pytest.raises(sqlite3.OperationalError):
         oms.apply([fill])
     oms.flush()
-    assert store.get_order(order.client_order_id).status is OrderStatus.OPEN  # type: ignore[union-attr]
+    assert store.get_order(order.client_order_id).status is OrderStatus.ACCEPTED  # type: ignore[union-attr]
     await broker.close()
 
 

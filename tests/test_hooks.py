@@ -55,7 +55,7 @@ class OneQuoteBroker(Broker):
     async def place_order(self, request: OrderRequest) -> Order:
         order = self.orders.get(request.client_order_id)
         if order is None:
-            order = Order(request=request, broker=self.name, status=OrderStatus.OPEN)
+            order = Order(request=request, broker=self.name, status=OrderStatus.ACCEPTED)
             self.orders[request.client_order_id] = order
         return order
 

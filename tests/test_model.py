@@ -112,10 +112,10 @@ def test_order_request_defaults() -> None:
     [
         ({"type": "limit"}, "a limit order needs limit_price"),
         ({"type": "stop"}, "a stop order needs stop_price"),
-        ({"limit_price": "1.1"}, "limit_price is only for limit orders"),
+        ({"limit_price": "1.1"}, "limit_price is only for limit and stop_limit orders"),
         (
             {"type": "limit", "limit_price": "1.1", "stop_price": "1.2"},
-            "stop_price is only for stop orders",
+            "stop_price is only for stop and stop_limit orders",
         ),
         ({"time_in_force": "gtd"}, "expire_time is required with GTD"),
         (

@@ -147,7 +147,7 @@ def test_market_buy_and_sell_at_the_touch() -> None:
     order, events = a.submit(req("EUR_USD", "buy", "10000", "b1"), t(1))
     # acceptance, then the fill and the order's new state
     assert [type(e) for e in events] == [Order, Fill, Order]
-    assert events[0].status is OrderStatus.OPEN  # type: ignore[union-attr]
+    assert events[0].status is OrderStatus.ACCEPTED  # type: ignore[union-attr]
     assert events[0].venue_order_id == "P1"
     fill = fills(events)[0]
     assert (fill.fill_id, fill.price, fill.quantity, fill.side) == (
@@ -265,7 +265,7 @@ def test_ioc_cancels_the_remainder_and_quote_size_is_shared() -> None:
     # only 4000 - 3000 = 1000 of this quote is left for the next order
     order, events = a.submit(req("EUR_USD", "buy", "3000", "i2"), t(1))
     assert [e.status for e in orders(events)] == [
-        OrderStatus.OPEN,
+        OrderStatus.ACCEPTED,
         OrderStatus.PARTIALLY_FILLED,
         OrderStatus.CANCELED,
     ]
@@ -323,7 +323,7 @@ def test_resting_limit_and_price_improvement() -> None:
     a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
     buy = req("EUR_USD", "buy", "1000", "l1", type="limit", limit_price=D("1.10000"))
     order, events = a.submit(buy, t(1))
-    assert (order.status, fills(events)) == (OrderStatus.OPEN, [])
+    assert (order.status, fills(events)) == (OrderStatus.ACCEPTED, [])
     assert a.on_quote(q("EUR_USD", "1.10005", "1.10015", at=2)) == []  # ask above the limit
     events = a.on_quote(q("EUR_USD", "1.09970", "1.09990", at=3))
     # ask 1.09990 <= limit 1.10000: fills at min(limit, ask) = 1.09990
@@ -343,7 +343,7 @@ def test_stop_triggers_and_keeps_working_once_triggered() -> None:
     a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
     stop = req("EUR_USD", "buy", "5000", "st1", type="stop", stop_price=D("1.10100"))
     order, _ = a.submit(stop, t(1))
-    assert order.status is OrderStatus.OPEN
+    assert order.status is OrderStatus.ACCEPTED
     assert a.on_quote(q("EUR_USD", "1.10070", "1.10090", at=2)) == []  # ask below the stop
     events = a.on_quote(q("EUR_USD", "1.10090", "1.10110", at=3, ask_size="2000"))
     assert [(f.quantity, f.price) for f in fills(events)] == [(D(2000), D("1.10110"))]
@@ -413,7 +413,7 @@ def test_day_orders_work_like_gtc() -> None:
     )
     a.submit(day, t(1))
     a.on_quote(q("EUR_USD", "1.10000", "1.10020", at=86400 * 3))
-    assert a.get_order("d1").status is OrderStatus.OPEN
+    assert a.get_order("d1").status is OrderStatus.ACCEPTED
 
 
 # ---------------------------------------------------------------------------
@@ -661,7 +661,7 @@ def test_margin_rejection_names_the_numbers() -> None:
         a.submit(req("AAPL", "buy", "50", "m1"), t(1))
     # a limit is checked at its price: 40 * 150.00 / 4 = 1500.00, exactly what is free
     order, _ = a.submit(req("AAPL", "buy", "40", "m2", type="limit", limit_price=D("150.00")), t(1))
-    assert order.status is OrderStatus.OPEN
+    assert order.status is OrderStatus.ACCEPTED
 
     # working orders reserve no margin: 25 * 192.00 / 4 = 1200.00 still fits
     a.submit(req("AAPL", "buy", "25", "m3"), t(1))

@@ -122,7 +122,7 @@ def test_sigint_stops_gracefully_with_exit_status_zero(tmp_path: Path) -> None:
     with Store.open(tmp_path / "rick.db") as store:
         orders = store.orders()
         assert orders, "the example strategy trades within three seconds at speed 20"
-        assert all(o.status is not OrderStatus.PENDING for o in orders)
+        assert all(o.status is not OrderStatus.NEW for o in orders)
         assert [s.account.broker for s in store.accounts()] == ["paper"]
 
 

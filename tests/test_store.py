@@ -37,7 +37,7 @@ def make_order(
     *,
     broker: str = "paper",
     created_at: datetime = T0,
-    status: OrderStatus = OrderStatus.PENDING,
+    status: OrderStatus = OrderStatus.NEW,
 ) -> Order:
     request = OrderRequest(
         instrument="EUR_USD",
@@ -489,7 +489,7 @@ def test_a_stored_request_never_changes(store: Store) -> None:
     moved = attrs.evolve(
         order,
         request=attrs.evolve(order.request, stop_loss=Decimal("1.0800")),
-        status=OrderStatus.OPEN,
+        status=OrderStatus.ACCEPTED,
         venue_order_id="v-1",
     )
     store.update_order(moved)
@@ -538,7 +538,7 @@ def test_migration_2_upgrades_a_version_1_store_keeping_its_data(tmp_path: Path)
     make_v1_store(path)
     assert raw(path).execute("PRAGMA user_version").fetchone()[0] == 1
     with Store.open(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == LATEST
         assert_exactly_equal(s.get_order("rk-1"), make_order())
         assert s.strategy_of("rk-1") is None  # placed before rick knew strategies
         assert s.orders_with_strategy() == [(make_order(), None)]
@@ -574,7 +574,9 @@ def test_a_version_1_only_rick_core_refuses_a_version_2_store(
     path = tmp_path / "rick.db"
     Store.open(path).close()
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
-    with pytest.raises(SchemaTooNewError, match="schema version 2, but this rick-core knows"):
+    with pytest.raises(
+        SchemaTooNewError, match=f"schema version {LATEST}, but this rick-core knows"
+    ):
         Store.open(path)
 
 
@@ -587,7 +589,7 @@ def test_migration_1_alone_then_2_on_reopen(
         assert s.schema_version == 1
     monkeypatch.undo()
     with Store.open(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == LATEST
         s.insert_order(make_order(), strategy="ma")
         assert s.strategy_of("rk-1") == "ma"
 
@@ -630,7 +632,7 @@ def test_strategy_is_stored_with_the_order_and_filters(store: Store) -> None:
     assert [o.client_order_id for o in store.orders(limit=2)] == ["rk-b", "rk-c"]
     assert [o.client_order_id for o in store.orders(limit=0)] == []
     # an update keeps the strategy
-    store.update_order(attrs.evolve(make_order("rk-a"), status=OrderStatus.OPEN))
+    store.update_order(attrs.evolve(make_order("rk-a"), status=OrderStatus.ACCEPTED))
     assert store.strategy_of("rk-a") == "ma"
 
 
@@ -725,7 +727,7 @@ def test_record_inserts_orders_rick_did_not_place(store: Store) -> None:
 def test_record_is_one_transaction(store: Store) -> None:
     store.insert_order(make_order("rk-1"))
     store.insert_order(make_order("rk-2"))
-    ok = attrs.evolve(make_order("rk-1"), status=OrderStatus.OPEN)
+    ok = attrs.evolve(make_order("rk-1"), status=OrderStatus.ACCEPTED)
     changed = attrs.evolve(
         make_order("rk-2"), request=attrs.evolve(make_order("rk-2").request, quantity=Decimal(7))
     )
@@ -743,13 +745,13 @@ def test_record_is_one_transaction(store: Store) -> None:
 def test_record_rolls_back_when_a_fill_fails(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     store.insert_order(make_order("rk-1"))
     monkeypatch.setattr(store_module, "_INSERT_FILL_SQL", "INSERT INTO nowhere VALUES (?)")
-    store.record(orders=[attrs.evolve(make_order("rk-1"), status=OrderStatus.OPEN)])
+    store.record(orders=[attrs.evolve(make_order("rk-1"), status=OrderStatus.ACCEPTED)])
     with pytest.raises(sqlite3.OperationalError):
         store.record(
             orders=[attrs.evolve(make_order("rk-1"), status=OrderStatus.CANCELED)],
             fills=[make_fill()],
         )
-    assert store.get_order("rk-1") == attrs.evolve(make_order("rk-1"), status=OrderStatus.OPEN)
+    assert store.get_order("rk-1") == attrs.evolve(make_order("rk-1"), status=OrderStatus.ACCEPTED)
     assert not store._db.conn.in_transaction
 
 
@@ -760,3 +762,27 @@ def test_insert_order_failure_leaves_no_transaction_open(store: Store) -> None:
     assert not store._db.conn.in_transaction
     store.insert_fill(make_fill())
     assert store.fills() == [make_fill()]
+
+
+def test_migration_3_renames_the_order_states_of_older_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rick.db"
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:2])
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    columns = dict.fromkeys(store_module._ORDER_COLUMNS, "x")
+    for coid, status in [("a1", "pending"), ("a2", "open"), ("a3", "filled")]:
+        row = {**columns, "client_order_id": coid, "status": status}
+        names = ", ".join(f"[{k}]" for k in row)
+        conn.execute(
+            f"INSERT INTO orders ({names}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        )
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    statuses = dict(conn.execute("SELECT client_order_id, status FROM orders"))
+    conn.close()
+    assert statuses == {"a1": "new", "a2": "accepted", "a3": "filled"}

@@ -216,7 +216,7 @@ class Trader(Recorder):
         rest = await self.ctx.buy(
             "EUR_USD", 1000, limit=(quote.bid * Decimal("0.9")).quantize(Decimal("0.00001"))
         )
-        assert rest.status is OrderStatus.OPEN
+        assert rest.status is OrderStatus.ACCEPTED
         assert [o.client_order_id for o in self.ctx.open_orders("EUR_USD")] == [
             rest.client_order_id
         ]

@@ -40,6 +40,7 @@ from rick_core.broker import (
 )
 from rick_core.logs import redact
 from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Position, utc_now
+from rick_core.orderstate import Verdict, judge
 from rick_core.store import StoreError
 from rick_core.strategy import TradingHalted
 
@@ -64,27 +65,6 @@ def owner_key(client_order_id: str) -> str:
     return client_order_id.split(".", 1)[0]
 
 
-def _newer(current: Order, update: Order) -> bool:
-    """Whether ``update`` moves ``current`` forward (never backwards)."""
-    if current.status.is_final:
-        return False
-    if update.filled_quantity < current.filled_quantity:
-        return False
-    if update.filled_quantity > current.filled_quantity:
-        return True
-    if update.status is current.status:
-        # Same fills and status: only protection or venue id may have changed,
-        # and a late echo of an older state must not undo a newer change.
-        if update.updated_at < current.updated_at:
-            return False
-        return (
-            update.request.stop_loss != current.request.stop_loss
-            or update.request.take_profit != current.request.take_profit
-            or update.venue_order_id != current.venue_order_id
-        )
-    return _RANK[update.status] >= _RANK[current.status]
-
-
 SEND_TIMEOUT = 10.0
 """Seconds a venue has to answer a submit before the order is looked up instead."""
 
@@ -96,17 +76,6 @@ FLUSH_DELAY = 0.002
 
 _FINAL_MEMORY = 10_000
 _OWNER_MEMORY = 100_000
-
-_RANK = {
-    OrderStatus.PENDING: 0,
-    OrderStatus.SUBMITTED: 1,
-    OrderStatus.OPEN: 2,
-    OrderStatus.PARTIALLY_FILLED: 3,
-    OrderStatus.FILLED: 4,
-    OrderStatus.CANCELED: 4,
-    OrderStatus.REJECTED: 4,
-    OrderStatus.EXPIRED: 4,
-}
 
 Listener = Callable[[str | None, Order | Fill], None]
 """Told of every stored order change and new fill: (owning strategy or None, event)."""
@@ -148,6 +117,7 @@ class OrderManager:
         self.orders_sent = 0
         self.fills_seen = 0
         self.rejections = 0
+        self.refused = 0
 
     # -- state ---------------------------------------------------------------
 
@@ -213,7 +183,7 @@ class OrderManager:
         if not self._accepting:
             raise TradingHalted("rick is stopping: no new orders are taken")
         broker = self._brokers[broker_name]
-        order = Order(request=request, broker=broker_name, status=OrderStatus.PENDING)
+        order = Order(request=request, broker=broker_name, status=OrderStatus.NEW)
         pending, self._pending = self._pending, []
         try:
             self._store.record(new_orders=[(order, strategy)], orders=pending)
@@ -232,6 +202,9 @@ class OrderManager:
                 await self._before_send(strategy, order)
             await trio.lowlevel.checkpoint_if_cancelled()
             sent = True
+            # In memory only: a NEW order found in the store after a crash may
+            # have been sent, and is looked up at the venue like an unknown one.
+            self._orders[coid] = attrs.evolve(order, status=OrderStatus.SUBMITTED)
             with trio.move_on_after(self.send_timeout) as waiting:
                 ack = await broker.place_order(request)
             if waiting.cancelled_caught:
@@ -289,7 +262,6 @@ class OrderManager:
                     OrderStatus.REJECTED,
                     "the venue never received it (looked up by client order id after the "
                     "submit went unanswered); it was not sent again",
-                    unknown_ok=True,
                 )
             except BrokerError as exc:
                 log.warning("cannot look the order up yet", client_order_id=coid, error=str(exc))
@@ -299,18 +271,43 @@ class OrderManager:
             delay *= 2
 
     async def cancel(self, strategy: str | None, order: Order) -> Order:
-        """Cancel a working order and record its new state."""
+        """Cancel a working order and record its new state.
+
+        The order is ``pending_cancel`` while the venue is asked; if the venue
+        refuses, it goes back to where it was and the error is raised.
+        """
         broker = self._brokers[order.broker]
         current = self.known(order.client_order_id) or order
         if current.status.is_final:
             return current
+        marked = self._mark(current, OrderStatus.PENDING_CANCEL)
         self._enter()
         try:
             result = await broker.cancel_order(current)
+        except BaseException:
+            self._unmark(marked, current)
+            raise
         finally:
             self._exit()
         self.apply([result])
         return self.known(order.client_order_id) or result
+
+    def _mark(self, current: Order, status: OrderStatus) -> Order | None:
+        """Set a local ``pending_*`` state on a working order (written with the next write)."""
+        if judge(current, attrs.evolve(current, status=status), local=True) is not Verdict.APPLY:
+            return None
+        marked = attrs.evolve(current, status=status, updated_at=max(utc_now(), current.updated_at))
+        self.apply([marked], local=True)
+        return marked
+
+    def _unmark(self, marked: Order | None, before: Order) -> None:
+        """Undo :meth:`_mark` if nothing else moved the order since."""
+        if marked is None or self._orders.get(marked.client_order_id) is not marked:
+            return
+        back = attrs.evolve(
+            marked, status=before.status, updated_at=max(utc_now(), marked.updated_at)
+        )
+        self.apply([back], local=True)
 
     async def replace_order_protection(
         self,
@@ -321,11 +318,15 @@ class OrderManager:
     ) -> Order:
         broker = self._brokers[order.broker]
         current = self.known(order.client_order_id) or order
+        marked = self._mark(current, OrderStatus.PENDING_MODIFY)
         self._enter()
         try:
             result = await broker.replace_order_protection(
                 current, stop_loss=stop_loss, take_profit=take_profit
             )
+        except BaseException:
+            self._unmark(marked, current)
+            raise
         finally:
             self._exit()
         self.apply([result])
@@ -350,14 +351,18 @@ class OrderManager:
 
     # -- events from brokers -------------------------------------------------
 
-    def apply(self, events: Iterable[Order | Fill], *, durable: bool = False) -> list[Order | Fill]:
+    def apply(
+        self, events: Iterable[Order | Fill], *, durable: bool = False, local: bool = False
+    ) -> list[Order | Fill]:
         """Record order updates and fills; tell the listener.
 
         Fills (and, with ``durable``, order states) are committed before this
         returns, with every order state waiting to be written, in one
         transaction; order states alone wait for the next write (at most
         :data:`FLUSH_DELAY`). Returns what was new: order states that moved
-        forward and fills not seen before.
+        forward and fills not seen before. Each order state is judged by the
+        state machine (:func:`rick_core.orderstate.judge`): a move it refuses is
+        logged and never applied; ``local`` marks states rick sets itself.
         """
         orders: list[Order] = []
         fills: list[Fill] = []
@@ -366,8 +371,21 @@ class OrderManager:
                 fills.append(event)
                 continue
             current = self.known(event.client_order_id)
-            if current is not None and not _newer(current, event):
-                continue
+            if current is not None:
+                verdict = judge(current, event, local=local)
+                if verdict is not Verdict.APPLY:
+                    if verdict is Verdict.REFUSED:
+                        self.refused += 1
+                        log.warning(
+                            "order state change refused",
+                            client_order_id=event.client_order_id,
+                            broker=event.broker,
+                            current=current.status.value,
+                            reported=event.status.value,
+                            current_filled=str(current.filled_quantity),
+                            reported_filled=str(event.filled_quantity),
+                        )
+                    continue
             if current is not None:
                 # Only protection may change after the fact, and the order was
                 # created when rick stored it: keep the rest as stored. (Identity
@@ -469,15 +487,16 @@ class OrderManager:
         if self._in_flight == 0:
             self._idle.set()
 
-    def _record_final(
-        self, order: Order, status: OrderStatus, reason: str, *, unknown_ok: bool = False
-    ) -> Order:
+    def _record_final(self, order: Order, status: OrderStatus, reason: str) -> Order:
         reason = redact(reason)  # a venue's words may quote a credential
         current = self.known(order.client_order_id) or order
-        settles = current.status is OrderStatus.PENDING or (
-            unknown_ok and current.status is OrderStatus.SUBMITTED
+        final = attrs.evolve(
+            current,
+            status=status,
+            reject_reason=reason,
+            updated_at=max(utc_now(), current.created_at),
         )
-        if not settles:
+        if judge(current, final, local=True) is not Verdict.APPLY:
             # The venue's stream already told us it has the order: a local error
             # after that (a garbled reply) must not bury a live order as rejected.
             log.warning(
@@ -487,13 +506,7 @@ class OrderManager:
                 error=reason,
             )
             return current
-        final = attrs.evolve(
-            current,
-            status=status,
-            reject_reason=reason,
-            updated_at=max(utc_now(), current.created_at),
-        )
-        self.apply([final], durable=True)
+        self.apply([final], durable=True, local=True)
         log.info(
             "order rejected",
             client_order_id=order.client_order_id,
@@ -506,15 +519,15 @@ class OrderManager:
     def _record_unknown(self, order: Order, why: str) -> None:
         why = redact(why)
         current = self.known(order.client_order_id) or order
-        if current.status is not OrderStatus.PENDING:
+        if current.status is not OrderStatus.SUBMITTED:
             return  # the venue already told us more than "sent"
-        submitted = attrs.evolve(
+        unknown = attrs.evolve(
             current,
-            status=OrderStatus.SUBMITTED,
+            status=OrderStatus.UNKNOWN,
             reject_reason=_UNKNOWN_OUTCOME.format(why),
             updated_at=max(utc_now(), current.created_at),
         )
-        self.apply([submitted], durable=True)
+        self.apply([unknown], durable=True, local=True)
         log.warning(
             "order outcome unknown",
             client_order_id=order.client_order_id,

@@ -515,7 +515,7 @@ class PaperAccount:
         order = Order(
             request=request,
             broker=self.broker,
-            status=OrderStatus.OPEN,
+            status=OrderStatus.ACCEPTED,
             venue_order_id=f"P{self._order_seq}",
             created_at=now,
             updated_at=now,
@@ -1158,7 +1158,7 @@ class PaperAccount:
                 tag=tag,
             ),
             broker=self.broker,
-            status=OrderStatus.OPEN,
+            status=OrderStatus.ACCEPTED,
             venue_order_id=f"P{self._order_seq}",
             created_at=quote.time,
             updated_at=quote.time,

@@ -205,7 +205,7 @@ def _check_order(order: object, request: OrderRequest, broker: Broker) -> Order:
     assert order.broker == broker.name, (
         f"order.broker must be the broker's name {broker.name!r}, got {order.broker!r}"
     )
-    assert order.status is not OrderStatus.PENDING, "a venue's order is never PENDING"
+    assert order.status is not OrderStatus.NEW, "a venue's order is never PENDING"
     _check_decimal(order.request.quantity, "order.request.quantity")
     _check_decimal(order.filled_quantity, "order.filled_quantity")
     if order.average_fill_price is not None:
@@ -558,7 +558,7 @@ class _Session:
                 if o.client_order_id == client_order_id
             ]
             assert len(found) <= 1, f"open_orders() lists {client_order_id} twice: {found}"
-            return bool(found) and found[0].status is OrderStatus.OPEN, (
+            return bool(found) and found[0].status is OrderStatus.ACCEPTED, (
                 found[0] if found else None
             )
 
