@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Self, TypeVar, cast
 import attrs
 from sqlite_utils import Database
 
-from rick_core.model import Account, Fill, Order, OrderRequest, OrderStatus
+from rick_core.model import Account, Fill, Order, OrderRequest, OrderStatus, to_utc
 
 __all__ = [
     "MIGRATIONS",
@@ -733,6 +733,14 @@ class Store:
             (_order_from_row(row), row["strategy"])
             for row in _rows(self._db.conn.execute(sql, params))
         ]
+
+    @_locked
+    def first_order_time(self, broker: str) -> datetime | None:
+        """When the first stored order on ``broker`` was created, or None."""
+        row = self._db.conn.execute(
+            "SELECT MIN(created_at) FROM orders WHERE broker = ?", (broker,)
+        ).fetchone()
+        return None if row[0] is None else to_utc(row[0])
 
     # -- fills ---------------------------------------------------------------
 

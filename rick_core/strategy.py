@@ -41,7 +41,17 @@ import attrs
 from attrs import frozen
 
 from rick_core.broker import KEEP, Keep
-from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, TimeInForce
+from rick_core.model import (
+    Account,
+    Fill,
+    Instrument,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    Side,
+    TimeInForce,
+)
 
 __all__ = [
     "Strategy",
@@ -109,14 +119,19 @@ class StrategyContext(Protocol):
         *,
         limit: Decimal | int | str | None = None,
         stop: Decimal | int | str | None = None,
+        trail_distance: Decimal | int | str | None = None,
+        trail_percent: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
         expire_time: datetime | None = None,
         tag: str = "",
     ) -> Order:
-        """Buy ``quantity``: a market order, or a limit (``limit=``) or stop (``stop=``)
-        order, optionally with an attached stop loss and take profit.
+        """Buy ``quantity``: a market order; a limit (``limit=``), stop (``stop=``) or
+        stop-limit (both) order; or a trailing stop (``trail_distance=`` a price
+        distance, or ``trail_percent=``); optionally with an attached stop loss
+        and take profit. An order type the broker lacks is held and fired by
+        rick from the quotes where it can be (see ``rick_core.engine.emulation``).
 
         Returns the order as the broker acknowledged it; a refused order comes
         back with status ``rejected`` and its ``reject_reason`` (it is not
@@ -132,6 +147,8 @@ class StrategyContext(Protocol):
         *,
         limit: Decimal | int | str | None = None,
         stop: Decimal | int | str | None = None,
+        trail_distance: Decimal | int | str | None = None,
+        trail_percent: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
@@ -140,8 +157,62 @@ class StrategyContext(Protocol):
     ) -> Order:
         """Sell ``quantity``; see :meth:`buy`."""
 
+    def request(
+        self,
+        side: Side | str,
+        instrument: str,
+        quantity: Decimal | int | str,
+        *,
+        limit: Decimal | int | str | None = None,
+        stop: Decimal | int | str | None = None,
+        trail_distance: Decimal | int | str | None = None,
+        trail_percent: Decimal | int | str | None = None,
+        stop_loss: Decimal | int | str | None = None,
+        take_profit: Decimal | int | str | None = None,
+        time_in_force: TimeInForce | str | None = None,
+        expire_time: datetime | None = None,
+        tag: str = "",
+    ) -> OrderRequest:
+        """Build (not send) an order request with the arguments of :meth:`buy`,
+        for :meth:`place`, :meth:`oco`, :meth:`basket` and :meth:`split`."""
+
+    async def place(self, request: OrderRequest) -> Order:
+        """Send an order request built with :meth:`request`; see :meth:`buy`."""
+
+    async def oco(self, first: OrderRequest, second: OrderRequest) -> tuple[Order, Order]:
+        """Place two resting orders as one-cancels-other: the first to get a fill
+        (or to end otherwise) cancels the other."""
+
+    async def basket(self, requests: Sequence[OrderRequest]) -> list[Order | Exception]:
+        """Send several orders together; one result per leg, in the order given:
+        the order (possibly ``rejected``), or the error that kept it from the venue."""
+
+    async def split(
+        self, request: OrderRequest, max_quantity: Decimal | int | str
+    ) -> list[Order | Exception]:
+        """Send ``request`` as child orders of at most ``max_quantity`` each (in the
+        instrument's size increments), one after another; stops at the first
+        child the venue rejects. Each child has its own client order id and a
+        tag naming the parent request."""
+
+    async def target_position(self, instrument: str, quantity: Decimal | int | str) -> Order | None:
+        """Make the position in ``instrument`` equal ``quantity`` (signed: negative is
+        short) with one market order for the difference; None when it already is.
+        Calls for the same instrument (from any strategy on this broker) run one
+        at a time, each on the position the previous one left."""
+
+    async def close_position(self, instrument: str) -> Order | None:
+        """Flatten the position in ``instrument`` (a market order); None when flat."""
+
+    async def close_all_positions(self) -> list[Order | Exception]:
+        """Flatten every position at this strategy's broker."""
+
     async def cancel(self, order: Order | str) -> Order:
         """Cancel a working order (an :class:`Order` or its client order id)."""
+
+    async def cancel_all(self, instrument: str | None = None) -> list[Order | BaseException]:
+        """Cancel this strategy's working orders (of one instrument, or all): each
+        order's new state, or the error that kept it from being canceled."""
 
     async def set_protection(
         self,

@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import structlog
 import trio
 
@@ -19,12 +20,14 @@ from rick_core.model import (
     Instrument,
     Order,
     OrderRequest,
+    OrderStatus,
     OrderType,
     Position,
     Quote,
     Side,
     TimeInForce,
     check_symbol,
+    new_client_order_id,
     utc_now,
 )
 from rick_core.strategy import Strategy, TradingHalted
@@ -33,9 +36,38 @@ if TYPE_CHECKING:
     from rick_core.engine.oms import OrderManager
     from rick_core.engine.runtime import BrokerService
 
-__all__ = ["StrategyRunner"]
+__all__ = ["StrategyRunner", "split_quantity"]
 
 log = structlog.get_logger("rick.strategy")
+
+
+def split_quantity(
+    total: Decimal, max_quantity: Decimal | None, instrument: Instrument | None
+) -> list[Decimal]:
+    """``total`` as child sizes of at most ``max_quantity`` each, every one a
+    multiple of the instrument's size increment (and at least its minimum size
+    where it has one); the first children carry the larger sizes."""
+    if max_quantity is None or max_quantity <= 0:
+        raise ValueError(f"max_quantity must be greater than zero, got {max_quantity}")
+    step = instrument.size_increment if instrument is not None else None
+    if step is not None:
+        max_quantity = (max_quantity // step) * step
+        if max_quantity <= 0:
+            raise ValueError(f"max_quantity is below the size increment {step}")
+    count = -(-total // max_quantity)  # ceiling
+    if step is None:
+        sizes = [max_quantity] * int(count)
+        sizes[-1] = total - max_quantity * (count - 1)
+    else:
+        units = total / step
+        if units != units.to_integral_value():
+            raise ValueError(f"{total} is not a multiple of the size increment {step}")
+        each, extra = divmod(int(units), int(count))
+        sizes = [(each + (1 if i < extra else 0)) * step for i in range(int(count))]
+    minimum = instrument.min_size if instrument is not None else None
+    if minimum is not None and any(size < minimum for size in sizes):
+        raise ValueError(f"a child of {min(sizes)} would be below the minimum size {minimum}")
+    return sizes
 
 
 QUOTE_BUFFER = 1024
@@ -230,45 +262,61 @@ class StrategyRunner:
     async def sell(self, instrument: str, quantity: Decimal | int | str, **kw: Any) -> Order:
         return await self._order(Side.SELL, instrument, quantity, **kw)
 
-    async def _order(
+    def request(
         self,
-        side: Side,
+        side: Side | str,
         instrument: str,
         quantity: Decimal | int | str,
         *,
         limit: Decimal | int | str | None = None,
         stop: Decimal | int | str | None = None,
+        trail_distance: Decimal | int | str | None = None,
+        trail_percent: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
         expire_time: datetime | None = None,
         tag: str = "",
-    ) -> Order:
-        if limit is not None and stop is not None:
-            raise ValueError("give limit= or stop=, not both (stop-limit orders are not supported)")
+    ) -> OrderRequest:
+        trailing = trail_distance is not None or trail_percent is not None
+        if trailing and (limit is not None or stop is not None):
+            raise ValueError("a trailing stop takes trail_distance= or trail_percent= only")
         kind = (
-            OrderType.LIMIT
+            OrderType.TRAILING_STOP
+            if trailing
+            else OrderType.STOP_LIMIT
+            if limit is not None and stop is not None
+            else OrderType.LIMIT
             if limit is not None
             else OrderType.STOP
             if stop is not None
-            else (OrderType.MARKET)
+            else OrderType.MARKET
         )
         fields: dict[str, Any] = {}
         if time_in_force is not None:
             fields["time_in_force"] = time_in_force
-        request = OrderRequest(
+        return OrderRequest(
             instrument=instrument,
             side=side,
             quantity=_price(quantity),  # type: ignore[arg-type]  # never None here
             type=kind,
             limit_price=_price(limit),
             stop_price=_price(stop),
+            trail_distance=_price(trail_distance),
+            trail_percent=_price(trail_percent),
             stop_loss=_price(stop_loss),
             take_profit=_price(take_profit),
             expire_time=expire_time,
             tag=tag,
             **fields,
         )
+
+    async def _order(
+        self, side: Side, instrument: str, quantity: Decimal | int | str, **kw: Any
+    ) -> Order:
+        return await self.place(self.request(side, instrument, quantity, **kw))
+
+    async def place(self, request: OrderRequest) -> Order:
         order = await self._oms.submit(self.name, self._service.name, request)
         if order.filled_quantity:
             # The position must include this fill as soon as the call returns,
@@ -278,6 +326,92 @@ class StrategyRunner:
             except BrokerError as exc:  # the order stands; the next fill event refreshes
                 self._log.warning("positions not refreshed", error=str(exc))
         return order
+
+    async def oco(self, first: OrderRequest, second: OrderRequest) -> tuple[Order, Order]:
+        for request in (first, second):
+            if request.type is OrderType.MARKET:
+                raise ValueError("an OCO pair is two resting orders (limit, stop ...), not market")
+        self._oms.emulator.link(first.client_order_id, second.client_order_id)
+        a = await self.place(first)
+        b = await self.place(second)
+        return a, b
+
+    async def basket(self, requests: Sequence[OrderRequest]) -> list[Order | Exception]:
+        results: list[Order | Exception] = [Exception("not attempted")] * len(requests)
+
+        async def leg(index: int, request: OrderRequest) -> None:
+            try:
+                results[index] = await self.place(request)
+            except (TradingHalted, BrokerError, ValueError) as exc:
+                results[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for index, request in enumerate(requests):
+                nursery.start_soon(leg, index, request)
+        return results
+
+    async def split(
+        self, request: OrderRequest, max_quantity: Decimal | int | str
+    ) -> list[Order | Exception]:
+        sizes = split_quantity(
+            request.quantity, _price(max_quantity), self.instrument(request.instrument)
+        )
+        results: list[Order | Exception] = []
+        for index, size in enumerate(sizes, 1):
+            child = attrs.evolve(
+                request,
+                quantity=size,
+                client_order_id=new_client_order_id(),
+                tag=f"split {request.client_order_id} {index}/{len(sizes)}"
+                + (f" {request.tag}" if request.tag else ""),
+            )
+            try:
+                order = await self.place(child)
+            except (TradingHalted, BrokerError) as exc:
+                results.append(exc)
+                break
+            results.append(order)
+            if order.status is OrderStatus.REJECTED:
+                break  # the venue refuses: do not keep sending the rest
+        return results
+
+    async def target_position(self, instrument: str, quantity: Decimal | int | str) -> Order | None:
+        target = _price(quantity)
+        assert target is not None
+        service = self._service
+        async with self._oms.instrument_lock(service.name, instrument):
+            await service.refresh_positions()
+            position = service.positions.get(instrument)
+            current = position.quantity if position is not None else Decimal(0)
+            difference = target - current
+            if difference == 0:
+                return None
+            side = Side.BUY if difference > 0 else Side.SELL
+            return await self.place(
+                self.request(side, instrument, abs(difference), tag=f"target {target}")
+            )
+
+    async def close_position(self, instrument: str) -> Order | None:
+        return await self.target_position(instrument, 0)
+
+    async def close_all_positions(self) -> list[Order | Exception]:
+        await self._service.refresh_positions()
+        instruments = list(self._service.positions)
+        results: list[Order | Exception] = []
+        for instrument in instruments:
+            try:
+                order = await self.close_position(instrument)
+            except (TradingHalted, BrokerError) as exc:
+                results.append(exc)
+                continue
+            if order is not None:
+                results.append(order)
+        return results
+
+    async def cancel_all(self, instrument: str | None = None) -> list[Order | BaseException]:
+        return await self._oms.cancel_all(
+            broker=self._service.name, strategy=self.name, instrument=instrument
+        )
 
     def _find(self, order: Order | str) -> Order:
         if isinstance(order, Order):

@@ -38,8 +38,9 @@ from rick_core.broker import (
     OrderRejected,
     TemporarilyUnavailable,
 )
+from rick_core.engine.emulation import Emulator
 from rick_core.logs import redact
-from rick_core.model import Fill, Order, OrderRequest, OrderStatus, Position, utc_now
+from rick_core.model import Fill, Order, OrderRequest, OrderStatus, OrderType, Position, utc_now
 from rick_core.orderstate import Verdict, judge
 from rick_core.store import StoreError
 from rick_core.strategy import TradingHalted
@@ -76,6 +77,8 @@ FLUSH_DELAY = 0.002
 
 _FINAL_MEMORY = 10_000
 _OWNER_MEMORY = 100_000
+
+_TRIGGERS = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
 
 Listener = Callable[[str | None, Order | Fill], None]
 """Told of every stored order change and new fill: (owning strategy or None, event)."""
@@ -118,6 +121,9 @@ class OrderManager:
         self.fills_seen = 0
         self.rejections = 0
         self.refused = 0
+        self._blocked: dict[str, str] = {}
+        self.emulator = Emulator(self)
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
 
     # -- state ---------------------------------------------------------------
 
@@ -170,6 +176,59 @@ class OrderManager:
             found = self._store.get_order(client_order_id)
         return found
 
+    # -- reconciliation ------------------------------------------------------
+
+    def block(self, broker_name: str, reason: str) -> None:
+        """Refuse new orders to ``broker_name`` (until :meth:`unblock`), saying why."""
+        self._blocked[broker_name] = reason
+
+    def unblock(self, broker_name: str) -> None:
+        self._blocked.pop(broker_name, None)
+
+    def blocked(self, broker_name: str) -> str | None:
+        """Why new orders to ``broker_name`` are refused, or None."""
+        return self._blocked.get(broker_name)
+
+    def adopt(self, stored: Iterable[tuple[Order, str | None]]) -> list[Order]:
+        """Take stored working orders (of an earlier run) into this run's working
+        set, with their strategies; returns them, in their latest known state."""
+        adopted = []
+        for order, strategy in stored:
+            coid = order.client_order_id
+            current = self._orders.get(coid)
+            if current is None:
+                current = self._orders[coid] = order
+            self._owners.setdefault(coid, strategy)
+            adopted.append(current)
+        self._trim_owners()
+        return adopted
+
+    def mark_unknown(self, order: Order, why: str) -> None:
+        """An order an earlier run left ``new`` or ``submitted``: it may have been
+        sent, so it is ``unknown`` until the venue is asked."""
+        current = self.known(order.client_order_id) or order
+        if current.status is OrderStatus.NEW:
+            current = self._orders[current.client_order_id] = attrs.evolve(
+                current, status=OrderStatus.SUBMITTED
+            )
+        self._record_unknown(current, why, template="{}")
+
+    def settle(self, order: Order, status: OrderStatus, reason: str) -> Order:
+        """Record a final state rick learned itself (at reconciliation, say)."""
+        return self._record_final(order, status, reason)
+
+    def record_external(self, order: Order) -> None:
+        """Store a working order the venue has and rick did not place (no strategy)."""
+        pending, self._pending = self._pending, []
+        try:
+            self._store.record(new_orders=[(order, None)], orders=pending)
+        except BaseException:
+            self._pending[:0] = pending
+            raise
+        self._orders[order.client_order_id] = order
+        self._owners[order.client_order_id] = None
+        self._trim_owners()
+
     # -- actions -------------------------------------------------------------
 
     async def submit(self, strategy: str, broker_name: str, request: OrderRequest) -> Order:
@@ -182,6 +241,9 @@ class OrderManager:
         """
         if not self._accepting:
             raise TradingHalted("rick is stopping: no new orders are taken")
+        blocked = self._blocked.get(broker_name)
+        if blocked is not None:
+            raise TradingHalted(f"no orders to {broker_name} yet: {blocked}")
         broker = self._brokers[broker_name]
         order = Order(request=request, broker=broker_name, status=OrderStatus.NEW)
         pending, self._pending = self._pending, []
@@ -195,6 +257,9 @@ class OrderManager:
         self._owners[coid] = strategy
         self._trim_owners()
         self.orders_sent += 1
+        voided = self.emulator.voided(coid) if self.emulator.active else None
+        if voided is not None:
+            return self._record_final(order, OrderStatus.REJECTED, voided)
         self._enter()
         sent = False
         try:
@@ -204,7 +269,9 @@ class OrderManager:
             sent = True
             # In memory only: a NEW order found in the store after a crash may
             # have been sent, and is looked up at the venue like an unknown one.
-            self._orders[coid] = attrs.evolve(order, status=OrderStatus.SUBMITTED)
+            self._orders[coid] = submitted = attrs.evolve(order, status=OrderStatus.SUBMITTED)
+            if request.type in _TRIGGERS and self.emulator.emulates(broker, request):
+                return self.emulator.hold(submitted, strategy)
             with trio.move_on_after(self.send_timeout) as waiting:
                 ack = await broker.place_order(request)
             if waiting.cancelled_caught:
@@ -280,6 +347,9 @@ class OrderManager:
         current = self.known(order.client_order_id) or order
         if current.status.is_final:
             return current
+        held = await self.emulator.cancel_held(current) if self.emulator.active else None
+        if held is not None:
+            return held
         marked = self._mark(current, OrderStatus.PENDING_CANCEL)
         self._enter()
         try:
@@ -291,6 +361,45 @@ class OrderManager:
             self._exit()
         self.apply([result])
         return self.known(order.client_order_id) or result
+
+    async def cancel_all(
+        self,
+        *,
+        broker: str | None = None,
+        strategy: str | None = None,
+        instrument: str | None = None,
+    ) -> list[Order | BaseException]:
+        """Cancel every working order matching the filters given (all of them with
+        none), concurrently. Returns each order's new state, or the error that
+        kept it from being canceled; one failure does not stop the others."""
+        targets = [
+            o
+            for o in self.all_working()
+            if (broker is None or o.broker == broker)
+            and (instrument is None or o.instrument == instrument)
+            and (strategy is None or self.owner(o.client_order_id) == strategy)
+        ]
+        results: list[Order | BaseException] = [Exception("not attempted")] * len(targets)
+
+        async def one(index: int, order: Order) -> None:
+            try:
+                results[index] = await self.cancel(strategy, order)
+            except BrokerError as exc:
+                log.warning("cancel failed", client_order_id=order.client_order_id, error=str(exc))
+                results[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for index, order in enumerate(targets):
+                nursery.start_soon(one, index, order)
+        return results
+
+    def instrument_lock(self, broker: str, instrument: str) -> trio.Lock:
+        """The lock that serialises position-changing decisions on one instrument
+        of one broker (smart orders, closes), whichever strategy makes them."""
+        lock = self._locks.get((broker, instrument))
+        if lock is None:
+            lock = self._locks[(broker, instrument)] = trio.Lock()
+        return lock
 
     def _mark(self, current: Order, status: OrderStatus) -> Order | None:
         """Set a local ``pending_*`` state on a working order (written with the next write)."""
@@ -428,6 +537,9 @@ class OrderManager:
                     self._final.popitem(last=False)
         for event in changed:
             self._listener(self.owner(event.client_order_id), event)
+        if self.emulator.active:
+            for order in orders:
+                self.emulator.on_order(order)
         return changed
 
     # -- writing -------------------------------------------------------------
@@ -516,7 +628,7 @@ class OrderManager:
         )
         return final
 
-    def _record_unknown(self, order: Order, why: str) -> None:
+    def _record_unknown(self, order: Order, why: str, *, template: str = _UNKNOWN_OUTCOME) -> None:
         why = redact(why)
         current = self.known(order.client_order_id) or order
         if current.status is not OrderStatus.SUBMITTED:
@@ -524,7 +636,7 @@ class OrderManager:
         unknown = attrs.evolve(
             current,
             status=OrderStatus.UNKNOWN,
-            reject_reason=_UNKNOWN_OUTCOME.format(why),
+            reject_reason=template.format(why),
             updated_at=max(utc_now(), current.created_at),
         )
         self.apply([unknown], durable=True, local=True)

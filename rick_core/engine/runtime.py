@@ -37,6 +37,7 @@ from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
 from rick_core.engine.control import STATE_FILENAME, TradingSwitch, read_switch
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.oms import OrderManager, describe
+from rick_core.engine.reconcile import Reconciliation, Report, reconcile
 from rick_core.engine.risk import Charter, ReasonCode, RiskContext, RiskDenied, parse_risk
 from rick_core.logs import redact
 from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
@@ -78,10 +79,24 @@ class BrokerService:
     """One connected broker: its event stream, its quote stream (fanned out to
     the strategies subscribed), its positions and account as last seen."""
 
-    def __init__(self, name: str, broker: Broker, oms: OrderManager) -> None:
+    def __init__(
+        self,
+        name: str,
+        broker: Broker,
+        oms: OrderManager,
+        *,
+        store: Store | None = None,
+        report: Report | None = None,
+    ) -> None:
+        """``store``: reconcile with the venue on every connect (None: never);
+        ``report``: where reconciliation's audit records go."""
         self.name = name
         self.broker = broker
         self._oms = oms
+        self._store = store
+        self._report = report
+        self.reconciliation: Reconciliation | None = None
+        """What the last reconciliation found (None before the first succeeds)."""
         self.connected = False
         self.positions: dict[str, Position] = {}
         self.last_quotes: dict[str, Quote] = {}
@@ -177,6 +192,8 @@ class BrokerService:
                 self._session = session
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._events)
+                    # After the event stream is up, so nothing falls in between.
+                    await self._reconcile(nursery)
                     nursery.start_soon(self._quotes)
                     nursery.start_soon(self._poll_account)
                     if not started:
@@ -214,6 +231,41 @@ class BrokerService:
             except Exception as exc:
                 log.warning("reconnect failed", broker=self.name, error=str(exc))
             delay = await _backoff(delay)
+
+    async def _reconcile(self, nursery: trio.Nursery) -> None:
+        """Reconcile with the venue; orders to this broker wait until it succeeds
+        (a failure is retried in the background, with backoff)."""
+        if self._store is None:
+            return
+        self._oms.block(self.name, "reconciling with the venue")
+        if await self._try_reconcile():
+            return
+
+        async def retry() -> None:
+            delay = RECONNECT_MIN
+            while not await self._try_reconcile():
+                delay = await _backoff(delay)
+
+        nursery.start_soon(retry)
+
+    async def _try_reconcile(self) -> bool:
+        assert self._store is not None
+        try:
+            self.reconciliation = await reconcile(
+                self.name, self.broker, self._oms, self._store, self._report
+            )
+            await self.refresh_positions()
+        except BrokerError as exc:
+            reason = f"reconciliation with the venue failed ({exc}); retrying"
+            self._oms.block(self.name, reason)
+            log.error(
+                "reconciliation failed; no orders until it succeeds",
+                broker=self.name,
+                error=str(exc),
+            )
+            return False
+        self._oms.unblock(self.name)
+        return True
 
     async def refresh_positions(self) -> None:
         self.positions = {p.instrument: p for p in await self.broker.positions()}
@@ -272,9 +324,12 @@ class BrokerService:
                         delay = RECONNECT_MIN
                         subscribers = self._subscribers
                         last = self.last_quotes
+                        emulator = self._oms.emulator
                         async for quote in quotes:
                             last[quote.instrument] = quote
                             self.quotes_received += 1
+                            if emulator.watching:
+                                emulator.on_quote(self.name, quote)
                             for runner in subscribers.get(quote.instrument, ()):
                                 runner.inbox.put_quote(quote)
                     log.warning("quote stream ended; resubscribing", broker=self.name)
@@ -337,8 +392,12 @@ class Engine:
         """Set while `rick halt` is in force: no new orders, open ones canceled."""
         self._day_start: dict[str, tuple[str, Decimal]] = {}  # broker -> (UTC date, equity)
         self.oms = OrderManager(store, dict(brokers), self._dispatch, before_send=self._before_send)
+        self.oms.emulator.last_quote = self._last_quote
         self.services.update(
-            {name: BrokerService(name, b, self.oms) for name, b in brokers.items()}
+            {
+                name: BrokerService(name, b, self.oms, store=store, report=self.audit.system)
+                for name, b in brokers.items()
+            }
         )
         self.runners = [
             StrategyRunner(
@@ -502,6 +561,7 @@ class Engine:
     async def _serve(self, duration: float | None) -> None:
         async with trio.open_nursery() as services:
             await services.start(self.oms.run)
+            await services.start(self.oms.emulator.run)
             services.start_soon(self._checkpoints)
             self._apply_switch(read_switch(self.home) if self.home else None, cancel=False)
             with self._until_stop():
@@ -740,6 +800,10 @@ class Engine:
 
     # -- events --------------------------------------------------------------
 
+    def _last_quote(self, broker: str, instrument: str) -> Quote | None:
+        service = self.services.get(broker)
+        return None if service is None else service.last_quotes.get(instrument)
+
     async def _before_send(self, strategy: str, order: Order) -> None:
         """The halt switch, the risk charter's pre-trade check, then the audit
         record, then the send."""
@@ -749,7 +813,9 @@ class Engine:
                 f"trading is halted ({self.halted.reason}, by {self.halted.actor}); "
                 "`rick resume` lifts it",
             )
-        if self.risk is not None:
+        # A fired trigger order was checked when it was placed: a stop must not
+        # be held back now (by the order rate, say).
+        if self.risk is not None and not self.oms.emulator.is_child(order.client_order_id):
             self.risk.check(await self._risk_context(strategy, order))
         await self.audit.before_send(strategy, order)
 
