@@ -79,7 +79,7 @@ class Migration(NamedTuple):
     apply: Callable[[Database], None]
 
 
-_ORDER_COLUMNS = (
+_ORDER_COLUMNS_V1 = (
     "client_order_id",
     "broker",
     "instrument",
@@ -101,6 +101,8 @@ _ORDER_COLUMNS = (
     "updated_at",
     "reject_reason",
 )
+_ORDER_COLUMNS = (*_ORDER_COLUMNS_V1, "trail_distance", "trail_percent")
+"""Every order column but ``strategy``: migration 1's, and migration 3's trailing stop."""
 _ORDER_REQUIRED = (
     "client_order_id",
     "broker",
@@ -135,7 +137,7 @@ def _create_orders_and_fills(db: Database) -> None:
     # placed outside rick, and reconciliation must be able to record them.
     orders = db.create_table(
         "orders",
-        dict.fromkeys(_ORDER_COLUMNS, "TEXT"),
+        dict.fromkeys(_ORDER_COLUMNS_V1, "TEXT"),
         pk="client_order_id",
         not_null=_ORDER_REQUIRED,
     )
@@ -184,12 +186,15 @@ def _rename_order_states(db: Database) -> None:
     # and "accepted"; rows written by earlier versions are renamed in place.
     db.execute("UPDATE [orders] SET [status] = 'new' WHERE [status] = 'pending'")
     db.execute("UPDATE [orders] SET [status] = 'accepted' WHERE [status] = 'open'")
+    # Trailing stops (issue #5): the distance or percent they trail by.
+    db.execute("ALTER TABLE [orders] ADD COLUMN [trail_distance] TEXT")
+    db.execute("ALTER TABLE [orders] ADD COLUMN [trail_percent] TEXT")
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders and fills", _create_orders_and_fills),
     Migration(2, "order strategies and account snapshots", _add_strategies_and_accounts),
-    Migration(3, "order state machine names", _rename_order_states),
+    Migration(3, "order state machine names, trailing stops", _rename_order_states),
 )
 """Every schema step, in order; versions are 1, 2, 3, ... with no gaps."""
 
@@ -327,6 +332,8 @@ def _order_values(order: Order) -> tuple[str | None, ...]:
         _time_text(order.created_at),
         _time_text(order.updated_at),
         order.reject_reason,
+        None if request.trail_distance is None else str(request.trail_distance),
+        None if request.trail_percent is None else str(request.trail_percent),
     )
 
 
@@ -345,6 +352,8 @@ def _order_from_row(row: Mapping[str, Any]) -> Order:
         take_profit=row["take_profit"],
         client_order_id=row["client_order_id"],
         tag=row["tag"],
+        trail_distance=row["trail_distance"],
+        trail_percent=row["trail_percent"],
     )
     return Order(
         request=request,
@@ -741,6 +750,16 @@ class Store:
             "SELECT MIN(created_at) FROM orders WHERE broker = ?", (broker,)
         ).fetchone()
         return None if row[0] is None else to_utc(row[0])
+
+    @_locked
+    def orders_created_since(self, since: datetime) -> list[tuple[Order, str | None]]:
+        """Orders created at or after ``since`` (aware), oldest first, each with the
+        strategy that placed it (or None). The canary cap counts a day's orders so."""
+        rows = self._db.conn.execute(
+            "SELECT * FROM orders WHERE created_at >= ? ORDER BY created_at, client_order_id",
+            (_time_text(since),),
+        )
+        return [(_order_from_row(row), row["strategy"]) for row in _rows(rows)]
 
     # -- fills ---------------------------------------------------------------
 

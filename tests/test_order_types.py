@@ -48,6 +48,7 @@ class Recording(PaperBroker):
     """A paper broker that records every request it is sent."""
 
     sent: list[OrderRequest]
+    options: dict[str, Any] = {}
 
     async def place_order(self, request: OrderRequest) -> Order:
         self.sent.append(request)
@@ -55,18 +56,22 @@ class Recording(PaperBroker):
 
 
 class Basic(Recording):
-    """A venue with market and limit orders only: stops are rick's job."""
+    """A venue with market and limit orders only (the paper broker's
+    ``order_types`` option): stops are rick's job."""
 
-    capabilities = attrs.evolve(
-        PaperBroker.capabilities, order_types=frozenset({OrderType.MARKET, OrderType.LIMIT})
-    )
+    options = {"order_types": ["market", "limit"]}
 
 
 def broker(tmp_path: Path, cls: type[Recording] = Recording) -> Recording:
     made = cls(
         ComponentSetup(
             name="paper",
-            options={"persist": False, "seed": 5, "instruments": ["EUR_USD", "GBP_USD"]},
+            options={
+                "persist": False,
+                "seed": 5,
+                "instruments": ["EUR_USD", "GBP_USD"],
+                **cls.options,
+            },
             home=tmp_path,
         )
     )
@@ -228,9 +233,7 @@ async def test_an_order_the_venue_lacks_and_rick_cannot_emulate_is_rejected(
     tmp_path: Path, store: Store, autojump_clock: trio.testing.MockClock
 ) -> None:
     class MarketOnly(Recording):
-        capabilities = attrs.evolve(
-            PaperBroker.capabilities, order_types=frozenset({OrderType.MARKET})
-        )
+        options = {"order_types": ["market"]}
 
     venue = broker(tmp_path, MarketOnly)
 
@@ -383,6 +386,7 @@ async def test_split_sends_children_within_the_limit(
 def test_split_quantity_respects_increments_and_minimum() -> None:
     fx = Instrument.pair("EUR_USD", size_increment="1", min_size="1000")
     assert split_quantity(Decimal(10_000), Decimal(3000), fx) == [Decimal(2500)] * 4
+    assert split_quantity(Decimal(10_001), Decimal(5000), fx) == [3334, 3334, 3333]
     assert split_quantity(Decimal(7), Decimal(3), None) == [Decimal(3), Decimal(3), Decimal(1)]
     btc = Instrument.pair("BTC_USD", "crypto", size_increment="0.001")
     sizes = split_quantity(Decimal("1.001"), Decimal("0.5"), btc)
@@ -416,7 +420,7 @@ async def test_cancel_all_by_strategy_and_instrument(
 
 
 def test_capabilities_decide_native_or_emulated() -> None:
-    basic = Basic(ComponentSetup(name="paper", options={"persist": False}, home=Path(".")))
+    basic = broker(Path("."), Basic)
     stop = OrderRequest(instrument="EUR_USD", side="buy", quantity=1, type="stop", stop_price=2)
     limit = OrderRequest(instrument="EUR_USD", side="buy", quantity=1, type="limit", limit_price=1)
     assert Emulator.emulates(basic, stop)

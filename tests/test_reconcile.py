@@ -57,6 +57,8 @@ def venue(home: Path, **options: Any) -> Counting:
 
 
 def buy(quantity: int = 1000, **kw: Any) -> OrderRequest:
+    if "limit_price" in kw:
+        kw.setdefault("type", "limit")
     return OrderRequest(instrument="EUR_USD", side="buy", quantity=quantity, **kw)
 
 

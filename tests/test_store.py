@@ -522,9 +522,10 @@ def make_v1_store(path: Path) -> None:
     db = Database(conn, execute_plugins=False)
     MIGRATIONS[0].apply(db)
     db.execute("PRAGMA user_version = 1")
-    row = dict(
-        zip(store_module._ORDER_COLUMNS, store_module._order_values(make_order()), strict=True)
-    )
+    values = store_module._order_values(make_order())
+    row = dict(zip(store_module._ORDER_COLUMNS, values, strict=True))
+    for added in set(store_module._ORDER_COLUMNS) - set(store_module._ORDER_COLUMNS_V1):
+        assert row.pop(added) is None  # a column of a later migration
     db.table("orders").insert(row)
     db.table("fills").insert(
         dict(zip(store_module._FILL_COLUMNS, store_module._fill_values(make_fill()), strict=True))
@@ -771,7 +772,7 @@ def test_migration_3_renames_the_order_states_of_older_stores(
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:2])
     Store.open(path).close()
     conn = sqlite3.connect(path)
-    columns = dict.fromkeys(store_module._ORDER_COLUMNS, "x")
+    columns = dict.fromkeys(store_module._ORDER_COLUMNS_V1, "x")
     for coid, status in [("a1", "pending"), ("a2", "open"), ("a3", "filled")]:
         row = {**columns, "client_order_id": coid, "status": status}
         names = ", ".join(f"[{k}]" for k in row)

@@ -232,8 +232,8 @@ class Trader(Recorder):
         self.account = await self.ctx.account()
         with pytest.raises(TypeError, match="Decimal"):
             await self.ctx.buy("EUR_USD", 1000, limit=1.1)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="not both"):
-            await self.ctx.buy("EUR_USD", 1000, limit=1, stop=2)
+        with pytest.raises(ValueError, match="trail_distance= or trail_percent= only"):
+            await self.ctx.buy("EUR_USD", 1000, limit=1, trail_distance=2)
         self.calls.append("start")
 
 

@@ -147,7 +147,7 @@ class Emulator:
     @property
     def active(self) -> bool:
         """Whether any order is held, fired or OCO-linked (order events are then looked at)."""
-        return bool(self._held or self._children or self._partner)
+        return bool(self._held or self._children or self._partner or self._voided)
 
     def is_child(self, client_order_id: str) -> bool:
         return client_order_id in self._children
@@ -251,7 +251,12 @@ class Emulator:
         if partner is not None and (order.filled_quantity > 0 or order.status.is_final):
             self._partner.pop(coid, None)
             self._partner.pop(partner, None)
-            self._work_in.send_nowait(("cancel", partner))
+            other = self._oms.known(partner)
+            if other is None or other.status is OrderStatus.NEW:
+                # Not sent yet: its submit sees this and does not send it.
+                self._voided[partner] = "not sent: its one-cancels-other partner ended first"
+            else:
+                self._work_in.send_nowait(("cancel", partner))
         if order.status.is_final and coid in self._held and self._held[coid].child is None:
             self._release(coid)
 
@@ -352,11 +357,7 @@ class Emulator:
     async def _cancel_partner(self, coid: str) -> None:
         oms = self._oms
         order = oms.known(coid)
-        if order is None or order.status is OrderStatus.NEW:
-            # Not sent yet: its submit sees this and does not send it.
-            self._voided[coid] = "not sent: its one-cancels-other partner ended first"
-            return
-        if order.status.is_final:
+        if order is None or order.status.is_final:
             return
         try:
             await oms.cancel(None, order)

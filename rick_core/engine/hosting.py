@@ -6,7 +6,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -54,7 +54,7 @@ def split_quantity(
         max_quantity = (max_quantity // step) * step
         if max_quantity <= 0:
             raise ValueError(f"max_quantity is below the size increment {step}")
-    count = -(-total // max_quantity)  # ceiling
+    count = (total / max_quantity).to_integral_value(rounding=ROUND_CEILING)
     if step is None:
         sizes = [max_quantity] * int(count)
         sizes[-1] = total - max_quantity * (count - 1)
