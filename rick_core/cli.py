@@ -44,6 +44,11 @@ CORE_COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "Stop trading: cancel open orders, refuse new ones.",
     ),
     "resume": ("rick_core.commands.halt", "resume", "Lift a halt: take orders again."),
+    "mode": (
+        "rick_core.commands.mode",
+        "mode",
+        "Show or switch the trading mode: off, ghost, canary, live.",
+    ),
     "orders": ("rick_core.commands.orders", "orders", "List stored orders, newest last."),
     "fills": ("rick_core.commands.fills", "fills", "List stored fills, newest last."),
     "positions": ("rick_core.commands.positions", "positions", "Show net positions from fills."),

@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULTS_SOURCE",
     "LOG_LEVELS",
     "VAULT_REFERENCE",
+    "CanaryConfig",
     "ComponentConfig",
     "ComponentKind",
     "ConfigError",
@@ -72,10 +73,13 @@ class ConfigError(ValueError):
 
 
 class Mode(enum.Enum):
-    """Whether orders are simulated (``paper``) or sent to real venues (``live``)."""
+    """What ``mode`` in rick.toml may say: ``paper`` (or ``ghost``), the simulated default.
+
+    The trading mode that sends real orders (canary, live) is not set in the file,
+    so that editing it cannot bypass the PIN: ``rick mode`` sets it in ``$RICK_HOME``
+    (:mod:`rick_core.engine.modes`)."""
 
     PAPER = "paper"
-    LIVE = "live"
 
 
 # ---------------------------------------------------------------------------
@@ -95,6 +99,23 @@ class AuditConfig:
     which a fill is audited as ``LARGE_TRADE_EXECUTED``."""
 
     large_trade: Decimal = Decimal(100_000)
+
+
+@frozen
+class CanaryConfig:
+    """``[canary]``: the caps on real orders in canary mode (``rick mode canary``).
+
+    ``max_quantity`` is the largest quantity of one order (units of the instrument),
+    ``instrument_max_quantity`` overrides it per symbol, ``max_orders_per_day`` the
+    most real orders sent in one UTC day over every real broker."""
+
+    max_quantity: Decimal = Decimal(1)
+    max_orders_per_day: int = 10
+    instrument_max_quantity: Mapping[str, Decimal] = field(factory=dict)
+
+    def max_quantity_for(self, instrument: str) -> Decimal:
+        """The per-order cap of ``instrument``."""
+        return self.instrument_max_quantity.get(instrument, self.max_quantity)
 
 
 @frozen
@@ -144,6 +165,7 @@ class RickConfig:
     mode: Mode = Mode.PAPER
     log: LogConfig = field(factory=LogConfig)
     audit: AuditConfig = field(factory=lambda: AuditConfig())
+    canary: CanaryConfig = field(factory=CanaryConfig)
     risk: Mapping[str, Any] = field(factory=dict)
     """The ``[risk]`` table as written (checked); :func:`rick_core.engine.risk.parse_risk`
     turns it into the engine's charter."""
@@ -258,6 +280,7 @@ _TOP_KEYS: Final = (
     "strategies",
     "notifiers",
     "audit_sinks",
+    "canary",
 )
 _STRATEGY_KEYS: Final = ("kind", "broker", "instruments", "enabled", "params")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -265,7 +288,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
     top.check_keys(_TOP_KEYS)
-    mode = Mode(top.string("mode", "paper", choices=[m.value for m in Mode]))
+    mode = _mode(top)
     log = top.table("log", required=False)
     log.check_keys(("level",))
     level = log.string("level", "info", choices=LOG_LEVELS)
@@ -281,6 +304,7 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         )
     if large_trade <= 0:
         raise audit.error("large_trade", "a positive number", large_trade)
+    canary = _canary(top.table("canary", required=False))
     risk = top.table("risk", required=False).data
     if risk:
         # Checked now, so `rick check` reports a bad limit before anything runs.
@@ -297,6 +321,7 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         log=LogConfig(level=level),
         store=StoreConfig(path=store_path),
         audit=AuditConfig(large_trade=Decimal(large_trade)),
+        canary=canary,
         risk=risk,
         brokers=brokers,
         strategies=strategies,
@@ -304,6 +329,75 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         audit_sinks=_components(top, "audit_sinks", "audit sink"),
         source=source,
     )
+
+
+_MODES_SET_BY_COMMAND: Final = ("off", "canary", "live")
+
+
+def _mode(top: _Table) -> Mode:
+    """``mode``: paper or ghost (the same: simulated). A mode that trades real money
+    is refused here, pointing to `rick mode`, so no file edit can arm it."""
+    value = top.data.get("mode", "paper")
+    wanted = value.strip().lower() if isinstance(value, str) else ""
+    if wanted in _MODES_SET_BY_COMMAND:
+        pin = " (it asks for the PIN; `rick mode set-pin` sets one)" if wanted != "off" else ""
+        raise top.error(
+            "mode",
+            "paper or ghost (the simulated default), or no mode key at all",
+            value,
+            detail=(
+                f"the trading mode is not set in rick.toml, so that editing the file cannot "
+                f"arm real trading: delete this line and run `rick mode {wanted}`{pin}"
+            ),
+        )
+    top.string("mode", "paper", choices=("paper", "ghost"))
+    return Mode.PAPER
+
+
+def _canary(table: _Table) -> CanaryConfig:
+    """``[canary]``: checked caps, defaults for what is not set."""
+    table.check_keys(("max_quantity", "max_orders_per_day", "instrument_max_quantity"))
+    default = CanaryConfig()
+    max_quantity = _quantity(table, "max_quantity", default.max_quantity)
+    per_day = table.data.get("max_orders_per_day", default.max_orders_per_day)
+    if isinstance(per_day, bool) or not isinstance(per_day, int) or per_day <= 0:
+        raise table.error(
+            "max_orders_per_day", "a positive whole number: real orders per UTC day", per_day
+        )
+    overrides = table.table("instrument_max_quantity", required=False)
+    by_instrument = {}
+    for symbol in overrides.data:
+        try:
+            check_symbol(symbol)
+        except ModelError as e:
+            raise overrides.error(
+                symbol, "a canonical instrument symbol", found_text=repr(symbol), detail=str(e)
+            ) from None
+        by_instrument[symbol] = _quantity(overrides, symbol, None)
+    return CanaryConfig(
+        max_quantity=max_quantity,
+        max_orders_per_day=per_day,
+        instrument_max_quantity=by_instrument,
+    )
+
+
+def _quantity(table: _Table, name: str, default: Decimal | None) -> Decimal:
+    """A positive quantity, written as a number or a numeric string ("0.001")."""
+    expected = 'a positive quantity, e.g. 1000 or "0.001"'
+    value = table.data.get(name, _MISSING if default is None else default)
+    if value is _MISSING:
+        raise table.error(name, expected)
+    number: Decimal | None = None
+    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+        number = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except ArithmeticError:
+            number = None
+    if number is None or not number.is_finite() or number <= 0:
+        raise table.error(name, expected, value)
+    return number
 
 
 def _components(top: _Table, section: str, what: str) -> dict[str, ComponentConfig]:

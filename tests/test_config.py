@@ -25,7 +25,7 @@ from rick_core.config import (
 )
 
 FULL = """
-mode = "live"
+mode = "ghost"
 
 [log]
 level = "debug"
@@ -135,7 +135,7 @@ def test_the_commented_examples_are_valid_once_uncommented(tmp_path: Path) -> No
 def test_a_full_config(tmp_path: Path) -> None:
     config = load_text(tmp_path, FULL)
 
-    assert config.mode is Mode.LIVE
+    assert config.mode is Mode.PAPER  # ghost is paper; real trading is `rick mode`'s
     assert config.log.level == "debug"
     assert config.store_path == Path("/var/lib/rick/rick.db")
     assert config.brokers["paper"] == ComponentConfig(name="paper", kind="paper", options={})
@@ -257,7 +257,7 @@ STRATEGY = '[brokers.paper]\nkind = "paper"\n[strategies.trend]\nkind = "sma"\nb
         pytest.param(
             'mode = "demo"',
             "mode",
-            "expected one of paper, live",
+            "expected one of paper, ghost",
             "found 'demo' (string)",
             id="bad-mode",
         ),

@@ -77,6 +77,11 @@ instruments = ["EUR_USD", "BTC_USD", "ETH_USD", "AAPL"]
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("RICK_MASTER_KEY", generate_master_key())
     monkeypatch.setenv("RICK_HOME", str(tmp_path))
+    # These brokers stand for real venues: only live mode sends them orders (the
+    # default, ghost, would simulate the orders and never call place_order).
+    from rick_core.engine.modes import TradingMode, write_mode
+
+    write_mode(tmp_path, TradingMode.LIVE, actor="test")
     yield tmp_path
     close_logging()
     forget_secrets()

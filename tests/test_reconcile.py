@@ -319,3 +319,39 @@ def test_sigkill_mid_flow_then_restart_loses_and_duplicates_nothing(tmp_path: Pa
     # Positions equal the sum of the stored fills.
     ours = {p.instrument: p.quantity for p in net_positions(fills) if not p.is_flat}
     assert ours == positions
+
+
+async def test_a_ghost_runs_records_are_not_held_against_the_real_venue(
+    tmp_path: Path, store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A ghost run simulated a fill and left a simulated order working, stored
+    # under the real broker's name; the real venue never saw either.
+    simulated = Order(
+        request=buy(limit_price=Decimal("0.5")),
+        broker="paper",
+        status="accepted",
+        venue_order_id="ghost-7",
+    )
+    store.record(new_orders=[(simulated, "s")])
+    store.record(
+        fills=[
+            Fill(
+                fill_id="ghost-fill-1",
+                client_order_id="rk-ghost",
+                instrument="EUR_USD",
+                side="buy",
+                quantity=1000,
+                price=Decimal("1.1"),
+                time=utc_now(),
+                broker="paper",
+            )
+        ]
+    )
+    broker = venue(tmp_path, persist=False)
+    await broker.connect()
+    oms = OrderManager(store, {"paper": broker}, lambda owner, event: None)
+    result = await reconcile("paper", broker, oms, store)
+    await broker.close()
+    assert result.mismatches == ()
+    kept = store.get_order(simulated.client_order_id)
+    assert kept is not None and kept.status is OrderStatus.ACCEPTED

@@ -32,7 +32,10 @@ def check(config_path: Path | None) -> None:
     log = start_logging(config)
     source = config.source or "embedded defaults (no rick.toml found; `rick init` writes one)"
     click.echo(f"config: {source}")
-    click.echo(f"mode: {config.mode.value}")
+    from rick_core.engine.modes import read_mode
+
+    state = read_mode(config.home)
+    click.echo(f"trading mode: {state.mode.value} ({state.problem or '`rick mode` shows it'})")
 
     plugin_set = current_plugin_set()
     required = config.required_components()

@@ -99,7 +99,10 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                 raise click.ClickException(redact(str(exc))) from None
             source = config.source or "embedded defaults (no rick.toml; `rick init` writes one)"
             log.info(
-                "rick run", config=str(source), store=str(config.store_path), mode=config.mode.value
+                "rick run",
+                config=str(source),
+                store=str(config.store_path),
+                mode=engine.modes.summary() if engine.modes else None,
             )
 
             async def main() -> None:

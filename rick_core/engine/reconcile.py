@@ -38,6 +38,7 @@ from attrs import frozen
 
 from rick_core.broker import Broker, NotFound
 from rick_core.model import Fill, OrderStatus
+from rick_core.paper.ghost import GHOST_ID_PREFIX, GhostBroker, is_ghost_order
 from rick_core.reports import net_positions
 from rick_core.security.records import EventType, Severity
 
@@ -108,14 +109,21 @@ async def reconcile(
     """Reconcile broker ``name`` (see the module notes). Raises the broker's
     error when the venue cannot be asked; the caller retries."""
     mismatches: list[Mismatch] = []
-    since = _fills_since(name, store)
+    # A ghost run's simulated orders and fills are stored under the real
+    # broker's name: each world is reconciled with its own records only.
+    ghost = isinstance(broker, GhostBroker)
+    since = _fills_since(name, store, ghost)
     missed = 0
     if since is not None:
         fills = await broker.fills(since)
         missed = sum(1 for e in oms.apply(fills) if isinstance(e, Fill))
 
     venue_open = {o.client_order_id: o for o in await broker.open_orders()}
-    working = oms.adopt(store.orders_with_strategy(broker=name, open_only=True))
+    working = oms.adopt(
+        (order, strategy)
+        for order, strategy in store.orders_with_strategy(broker=name, open_only=True)
+        if order.venue_order_id is None or is_ghost_order(order) == ghost
+    )
     resolved: list[str] = []
     updated = 0
     for stored in working:
@@ -211,9 +219,8 @@ async def reconcile(
         else:
             oms.apply([venue], durable=True)
 
-    mismatches += _compare_positions(
-        name, store, {p.instrument: p.quantity for p in await broker.positions()}
-    )
+    venue_positions = {p.instrument: p.quantity for p in await broker.positions()}
+    mismatches += _compare_positions(name, store, venue_positions, ghost)
     result = Reconciliation(
         broker=name,
         orders_checked=len(working),
@@ -233,20 +240,27 @@ async def reconcile(
     return result
 
 
-def _fills_since(name: str, store: Store) -> datetime | None:
+def _same_world(fill: Fill, ghost: bool) -> bool:
+    return fill.fill_id.startswith(GHOST_ID_PREFIX) == ghost
+
+
+def _fills_since(name: str, store: Store, ghost: bool) -> datetime | None:
     """From when to ask the venue for fills: a little before the last stored fill,
     else the first stored order; None when rick never traded on this broker."""
     last = store.fills(broker=name, limit=1)
+    if last and not _same_world(last[0], ghost):
+        last = [f for f in store.fills(broker=name) if _same_world(f, ghost)][-1:]
     if last:
         return last[0].time - FILL_OVERLAP
     first = store.first_order_time(name)
     return None if first is None else first - FILL_OVERLAP
 
 
-def _compare_positions(name: str, store: Store, venue: dict[str, Decimal]) -> list[Mismatch]:
-    ours = {
-        p.instrument: p.quantity for p in net_positions(store.fills(broker=name)) if not p.is_flat
-    }
+def _compare_positions(
+    name: str, store: Store, venue: dict[str, Decimal], ghost: bool
+) -> list[Mismatch]:
+    fills = [f for f in store.fills(broker=name) if _same_world(f, ghost)]
+    ours = {p.instrument: p.quantity for p in net_positions(fills) if not p.is_flat}
     found = []
     for instrument in sorted(set(ours) | set(venue)):
         mine = ours.get(instrument, Decimal(0))

@@ -86,6 +86,14 @@ class ReasonCode(enum.StrEnum):
     TRADING_HOURS = "trading_hours"
     REDUCE_ONLY = "reduce_only"
     HALTED = "halted"
+    MODE_OFF = "mode_off"
+    """The trading mode is off (`rick mode`): no order goes to a real broker."""
+    MODE_GHOST = "mode_ghost"
+    """Switched down to ghost while running: real orders are refused until a restart."""
+    CANARY_QUANTITY = "canary_quantity"
+    """Canary mode: the order is larger than ``[canary] max_quantity``."""
+    CANARY_ORDERS = "canary_orders"
+    """Canary mode: ``[canary] max_orders_per_day`` real orders were sent this UTC day."""
 
 
 class RiskDenied(TradingHalted):

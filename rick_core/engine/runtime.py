@@ -36,6 +36,7 @@ from rick_core.components import ComponentSetup, Credentials, NoCredentials
 from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
 from rick_core.engine.control import STATE_FILENAME, TradingSwitch, read_switch
 from rick_core.engine.hosting import StrategyRunner
+from rick_core.engine.modes import ModeGate
 from rick_core.engine.oms import OrderManager, describe
 from rick_core.engine.reconcile import Reconciliation, Report, reconcile
 from rick_core.engine.risk import Charter, ReasonCode, RiskContext, RiskDenied, parse_risk
@@ -376,10 +377,12 @@ class Engine:
         vault: Vault | None = None,
         risk: Charter | None = None,
         home: Path | None = None,
+        modes: ModeGate | None = None,
     ) -> None:
         """``strategies`` are ``(strategy, broker name, instruments)``. ``audit`` is
         the trail every order event goes to (None: no auditing); ``vault`` is
-        watched for rotated broker credentials (None: no vault)."""
+        watched for rotated broker credentials (None: no vault); ``modes`` is the
+        trading mode (None: no mode applies; :meth:`from_config` reads it)."""
         self.store = store
         self.drain_timeout = drain_timeout
         self.trail = audit
@@ -391,6 +394,9 @@ class Engine:
         self.halted: TradingSwitch | None = None
         """Set while `rick halt` is in force: no new orders, open ones canceled."""
         self._day_start: dict[str, tuple[str, Decimal]] = {}  # broker -> (UTC date, equity)
+        self.modes = modes
+        if modes is not None:  # ghost mode wraps real brokers; canary counts today's orders
+            brokers = modes.prepare(brokers, store=store)
         self.oms = OrderManager(store, dict(brokers), self._dispatch, before_send=self._before_send)
         self.oms.emulator.last_quote = self._last_quote
         self.services.update(
@@ -494,6 +500,7 @@ class Engine:
             large_trade=large_trade,
             risk=parse_risk(config.risk, where) if config.risk else None,
             home=config.home,
+            modes=ModeGate.load(config.home, config.canary, canary_source=f"{where} [canary]"),
         )
         audits.append(engine.audit)
         for early in credentials:
@@ -574,6 +581,8 @@ class Engine:
                 services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
                 services.start_soon(self._watch_vault)
                 services.start_soon(self._watch_switch)
+                if self.modes is not None:
+                    services.start_soon(self.modes.watch)
             strategies_scope = trio.CancelScope()
             with strategies_scope:
                 async with trio.open_nursery() as strategies:
@@ -586,12 +595,14 @@ class Engine:
                             "engine started",
                             brokers=sorted(self.services),
                             strategies=[r.name for r in self.runners],
+                            mode=self.modes.summary() if self.modes else None,
                         )
                         self.audit.system(
                             EventType.ENGINE_STARTED,
                             {
                                 "brokers": sorted(self.services),
                                 "strategies": [r.name for r in self.runners],
+                                "mode": self.modes.summary() if self.modes else None,
                             },
                         )
                         with trio.move_on_after(math.inf if duration is None else duration):
@@ -805,18 +816,25 @@ class Engine:
         return None if service is None else service.last_quotes.get(instrument)
 
     async def _before_send(self, strategy: str, order: Order) -> None:
-        """The halt switch, the risk charter's pre-trade check, then the audit
-        record, then the send."""
+        """The halt switch, the trading mode, the risk charter's pre-trade check,
+        then the audit record, then the send."""
         if self.halted is not None:
             raise RiskDenied(
                 ReasonCode.HALTED,
                 f"trading is halted ({self.halted.reason}, by {self.halted.actor}); "
                 "`rick resume` lifts it",
             )
+        modes = self.modes
+        # A trigger order rick fired was capped when placed: off still stops it.
+        capped = not self.oms.emulator.is_child(order.client_order_id)
+        if modes is not None:
+            modes.check(order, caps=capped)  # the trading mode: off, ghost, canary caps
         # A fired trigger order was checked when it was placed: a stop must not
         # be held back now (by the order rate, say).
         if self.risk is not None and not self.oms.emulator.is_child(order.client_order_id):
             self.risk.check(await self._risk_context(strategy, order))
+        if modes is not None and capped:
+            modes.admit(order)  # checked again and counted, with no await between
         await self.audit.before_send(strategy, order)
 
     async def _risk_context(self, strategy: str, order: Order) -> RiskContext:
@@ -904,6 +922,7 @@ class Engine:
             "fills": self.oms.fills_seen,
             "rejections": self.oms.rejections,
             "halted": self.audit.failure,
+            "mode": self.modes.summary() if self.modes else None,
         }
 
 

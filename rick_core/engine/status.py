@@ -19,8 +19,9 @@ def render_status(status: dict[str, Any], elapsed: float) -> str:
         equity = "" if b["equity"] is None else f" {b['equity']:,.2f} {b['currency']}"
         parts.append(f"{b['broker']}{state}{equity} pos {b['positions']}")
     minutes, seconds = divmod(int(elapsed), 60)
+    mode = f" mode {status['mode']}" if status.get("mode") else ""
     return (
-        f"rick {minutes:02d}:{seconds:02d} | "
+        f"rick {minutes:02d}:{seconds:02d}{mode} | "
         + " | ".join(parts)
         + f" | orders {status['orders']} fills {status['fills']}"
         + (f" rejected {status['rejections']}" if status["rejections"] else "")
@@ -88,6 +89,7 @@ async def show_status(
                 fills=status["fills"],
                 rejections=status["rejections"],
                 halted=status.get("halted"),
+                mode=status.get("mode"),
                 strategies=status["strategies"],
             )
             await trio.sleep(every_log)
