@@ -428,3 +428,37 @@ def test_capabilities_decide_native_or_emulated() -> None:
     native = Capabilities(order_types=["market", "limit", "stop"])
     basic.capabilities = native
     assert not Emulator.emulates(basic, stop)
+
+
+async def test_a_bracket_the_venue_cannot_attach_is_placed_by_rick_as_an_oco(
+    tmp_path: Path, store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    class NoAttached(Recording):
+        options = {"attached_protection": False}
+
+    venue = broker(tmp_path, NoAttached)
+
+    async def script(ctx: StrategyContext) -> Order:
+        quote = ctx.last_quote("EUR_USD")
+        assert quote is not None
+        return await ctx.buy(
+            "EUR_USD",
+            1000,
+            stop_loss=quote.bid - Decimal("0.00030"),
+            take_profit=quote.ask + Decimal("0.00030"),
+        )
+
+    _, entry = await run(store, venue, script, seconds=1800)
+    coid = entry.client_order_id
+    # The entry went out bare; rick kept its protection and placed it itself.
+    assert venue.sent[0].stop_loss is None and venue.sent[0].take_profit is None
+    stored = store.get_order(coid)
+    assert stored is not None and stored.request.stop_loss == entry.request.stop_loss
+    legs = {r.client_order_id: r for r in venue.sent[1:3]}
+    assert set(legs) == {coid + ".sl", coid + ".tp"}
+    assert legs[coid + ".sl"].type is OrderType.STOP and legs[coid + ".sl"].side is Side.SELL
+    assert legs[coid + ".tp"].type is OrderType.LIMIT and legs[coid + ".tp"].quantity == 1000
+    # One leg closed the position; the other was canceled with it.
+    ends = sorted(store.get_order(c).status.value for c in legs)  # type: ignore[union-attr]
+    assert ends == ["canceled", "filled"]
+    assert all(p.is_flat for p in net_positions(store.fills()))

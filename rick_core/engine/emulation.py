@@ -78,6 +78,34 @@ def trigger_price(request: OrderRequest, best: Decimal) -> Decimal:
     return best - offset if request.side is Side.SELL else best + offset
 
 
+def _protection(entry: Order) -> list[OrderRequest]:
+    """The stop loss and take profit orders protecting ``entry``'s filled quantity."""
+    request = entry.request
+    side = Side.SELL if request.side is Side.BUY else Side.BUY
+    legs = []
+    for suffix, price, kind in (
+        ("sl", request.stop_loss, OrderType.STOP),
+        ("tp", request.take_profit, OrderType.LIMIT),
+    ):
+        if price is None:
+            continue
+        coid = f"{request.client_order_id}.{suffix}"
+        legs.append(
+            OrderRequest(
+                instrument=request.instrument,
+                side=side,
+                quantity=entry.filled_quantity,
+                type=kind,
+                stop_price=price if kind is OrderType.STOP else None,
+                limit_price=price if kind is OrderType.LIMIT else None,
+                time_in_force=TimeInForce.GTC,
+                client_order_id=coid if len(coid) <= 64 else new_client_order_id(),
+                tag=f"{suffix} of {request.client_order_id}",
+            )
+        )
+    return legs
+
+
 def _child_request(parent: OrderRequest, quantity: Decimal) -> OrderRequest:
     coid = parent.client_order_id + ".x"
     if len(coid) > 64:
@@ -127,6 +155,9 @@ class Emulator:
         self._children: dict[str, str] = {}  # child -> parent
         self._partner: dict[str, str] = {}  # OCO: each leg -> the other
         self._voided: dict[str, str] = {}  # OCO legs not yet sent whose partner ended
+        self._brackets: dict[str, str | None] = {}  # entries rick protects -> strategy
+        self._protective: set[str] = set()  # stop loss / take profit orders rick placed
+        self._pending_protection: dict[str, tuple[Order, str | None]] = {}
         self._work_in, self._work_out = trio.open_memory_channel[tuple[str, str]](math.inf)
         self.last_quote: Callable[[str, str], Quote | None] = lambda broker, instrument: None
         self.watching = False
@@ -147,10 +178,28 @@ class Emulator:
     @property
     def active(self) -> bool:
         """Whether any order is held, fired or OCO-linked (order events are then looked at)."""
-        return bool(self._held or self._children or self._partner or self._voided)
+        return bool(self._held or self._children or self._partner or self._voided or self._brackets)
 
     def is_child(self, client_order_id: str) -> bool:
-        return client_order_id in self._children
+        """Whether rick placed this order for an order already checked (a fired
+        trigger, a bracket's protection): it skips the risk charter."""
+        return client_order_id in self._children or client_order_id in self._protective
+
+    @staticmethod
+    def needs_bracket(broker: Broker, request: OrderRequest) -> bool:
+        """Whether ``request`` carries protection the venue cannot attach natively."""
+        caps = broker.capabilities
+        return (request.stop_loss is not None and not caps.attached_stop_loss) or (
+            request.take_profit is not None and not caps.attached_take_profit
+        )
+
+    def bracket(self, order: Order, strategy: str | None) -> None:
+        """Protect ``order`` once it fills: rick places its stop loss and take
+        profit (as an OCO pair when both are set) for the filled quantity."""
+        self._brackets[order.client_order_id] = strategy
+
+    def brackets(self, client_order_id: str) -> bool:
+        return client_order_id in self._brackets
 
     def held(self, client_order_id: str) -> bool:
         """Whether rick holds this order and has not fired it yet."""
@@ -259,6 +308,11 @@ class Emulator:
                 self._work_in.send_nowait(("cancel", partner))
         if order.status.is_final and coid in self._held and self._held[coid].child is None:
             self._release(coid)
+        if order.status.is_final and coid in self._brackets:
+            strategy = self._brackets.pop(coid)
+            if order.filled_quantity > 0:
+                self._pending_protection[coid] = (order, strategy)
+                self._work_in.send_nowait(("protect", coid))
 
     # -- OCO -----------------------------------------------------------------
 
@@ -282,6 +336,8 @@ class Emulator:
                     self._mirror(coid)
                 elif kind == "fire":
                     nursery.start_soon(self._fire, coid)
+                elif kind == "protect":
+                    nursery.start_soon(self._protect, coid)
                 else:
                     nursery.start_soon(self._cancel_partner, coid)
 
@@ -295,6 +351,8 @@ class Emulator:
             self._release(coid)
             return
         child = _child_request(current.request, current.remaining_quantity)
+        # The child carries the protection: it, not the parent, is bracketed.
+        self._brackets.pop(coid, None)
         held.child = child.client_order_id
         self._children[child.client_order_id] = coid
         log.info("held order triggered", client_order_id=coid, child=child.client_order_id)
@@ -303,6 +361,28 @@ class Emulator:
         except Exception as exc:  # TradingHalted, a lost answer (left unknown, resolved)
             log.warning("triggered order not placed", client_order_id=coid, error=str(exc))
         self._mirror(child.client_order_id)
+
+    async def _protect(self, coid: str) -> None:
+        entry, strategy = self._pending_protection.pop(coid)
+        legs = _protection(entry)
+        if len(legs) == 2:
+            self.link(legs[0].client_order_id, legs[1].client_order_id)
+        for leg in legs:
+            self._protective.add(leg.client_order_id)
+            try:
+                placed = await self._oms.submit(strategy or "", entry.broker, leg)
+            except Exception as exc:
+                log.error(
+                    "protection not placed", client_order_id=coid, leg=leg.tag, error=str(exc)
+                )
+                continue
+            if placed.status is OrderStatus.REJECTED:
+                log.error(
+                    "protection refused",
+                    client_order_id=coid,
+                    leg=leg.tag,
+                    reason=placed.reject_reason,
+                )
 
     def _mirror(self, child_coid: str) -> None:
         parent_coid = self._children.get(child_coid)

@@ -270,10 +270,15 @@ class OrderManager:
             # In memory only: a NEW order found in the store after a crash may
             # have been sent, and is looked up at the venue like an unknown one.
             self._orders[coid] = submitted = attrs.evolve(order, status=OrderStatus.SUBMITTED)
-            if request.type in _TRIGGERS and self.emulator.emulates(broker, request):
+            send = request
+            if self.emulator.needs_bracket(broker, request):
+                # rick places the protection once the entry has filled.
+                self.emulator.bracket(submitted, strategy)
+                send = attrs.evolve(request, stop_loss=None, take_profit=None)
+            if request.type in _TRIGGERS and self.emulator.emulates(broker, send):
                 return self.emulator.hold(submitted, strategy)
             with trio.move_on_after(self.send_timeout) as waiting:
-                ack = await broker.place_order(request)
+                ack = await broker.place_order(send)
             if waiting.cancelled_caught:
                 raise TemporarilyUnavailable(
                     f"no answer to the order within {self.send_timeout:g} s", broker=broker_name
@@ -500,7 +505,9 @@ class OrderManager:
                 # created when rick stored it: keep the rest as stored. (Identity
                 # first: venues usually hand back the very request they were given.)
                 request = event.request
-                if request is not current.request and request != current.request:
+                if request is current.request or self.emulator.brackets(event.client_order_id):
+                    request = current.request  # (an emulated bracket's protection is rick's)
+                elif request != current.request:
                     request = attrs.evolve(
                         current.request,
                         stop_loss=request.stop_loss,
