@@ -325,6 +325,9 @@ class StrategyRunner:
                 await self._service.refresh_positions()
             except BrokerError as exc:  # the order stands; the next fill event refreshes
                 self._log.warning("positions not refreshed", error=str(exc))
+            else:
+                if order.status is OrderStatus.FILLED:
+                    self._service.cover(order.client_order_id)
         return order
 
     async def oco(self, first: OrderRequest, second: OrderRequest) -> tuple[Order, Order]:

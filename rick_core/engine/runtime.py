@@ -22,6 +22,7 @@ import math
 import os
 import random
 import signal
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -97,6 +98,9 @@ class BrokerService:
         self._store = store
         self._report = report
         self.reconciliation: Reconciliation | None = None
+        self.covered: OrderedDict[str, None] = OrderedDict()
+        """Orders filled completely when their submit returned, the positions
+        refreshed after that: their fill events need no second refresh."""
         """What the last reconciliation found (None before the first succeeds)."""
         self.connected = False
         self.positions: dict[str, Position] = {}
@@ -268,6 +272,13 @@ class BrokerService:
         self._oms.unblock(self.name)
         return True
 
+    def cover(self, client_order_id: str) -> None:
+        """Note that the positions were refreshed after ``client_order_id`` filled completely."""
+        covered = self.covered
+        covered[client_order_id] = None
+        if len(covered) > 1024:
+            covered.popitem(last=False)
+
     async def refresh_positions(self) -> None:
         self.positions = {p.instrument: p for p in await self.broker.positions()}
 
@@ -284,8 +295,9 @@ class BrokerService:
                         task_status.started()
                     delay = RECONNECT_MIN
                     oms = self._oms
+                    covered = self.covered
                     async for event in events:
-                        if isinstance(event, Fill):
+                        if isinstance(event, Fill) and event.client_order_id not in covered:
                             # The broker booked the fill before reporting it: the
                             # strategy sees the position that includes it. A failed
                             # refresh must not cost the fill itself.
