@@ -12,8 +12,8 @@ judged here before it is applied:
   lower than one already seen); ignored quietly, because venues deliver the
   same order's news on several channels in no guaranteed order.
 - ``REFUSED``: a move the machine does not allow (a filled order said to be
-  canceled, an order said to be filled twice over); never applied, and the
-  order manager logs it.
+  canceled, an order said to be filled twice over, a rejected order said to be
+  working); never applied, and the order manager logs it.
 
 The machine (``->`` lists where each state may go)::
 
@@ -133,5 +133,9 @@ def judge(current: Order, update: Order, *, local: bool = False) -> Verdict:
     if allowed(old, new, local=local):
         return Verdict.APPLY
     if _STAGE[new] < _STAGE[old] and not more_fills:
+        if old is S.REJECTED and _STAGE[new] >= _STAGE[S.ACCEPTED]:
+            # A rejected order never worked: a working state is no late echo but
+            # a contradiction (rick's own rejection after a send the venue took).
+            return Verdict.REFUSED
         return Verdict.STALE
     return Verdict.REFUSED

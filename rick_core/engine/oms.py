@@ -486,6 +486,18 @@ class OrderManager:
                 continue
             current = self.known(event.client_order_id)
             if current is not None:
+                if (
+                    event.status.is_final
+                    and not current.status.is_final
+                    and event.filled_quantity < current.filled_quantity
+                ):
+                    # A venue's end report that lags its own fill reports (canceled
+                    # with 3 filled after fills of 5): the end stands, the fills too.
+                    event = attrs.evolve(
+                        event,
+                        filled_quantity=current.filled_quantity,
+                        average_fill_price=current.average_fill_price,
+                    )
                 verdict = judge(current, event, local=local)
                 if verdict is not Verdict.APPLY:
                     if verdict is Verdict.REFUSED:
