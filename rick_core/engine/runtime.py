@@ -98,6 +98,7 @@ class BrokerService:
         self._store = store
         self._report = report
         self.reconciliation: Reconciliation | None = None
+        self.clock: Callable[[], datetime] = getattr(broker, "now", utc_now)
         self.covered: OrderedDict[str, None] = OrderedDict()
         """Orders filled completely when their submit returned, the positions
         refreshed after that: their fill events need no second refresh."""
@@ -881,7 +882,8 @@ class Engine:
             open_positions=len(service.positions),
             daily_pnl=daily_pnl,
             rate_to_account=rate,
-            now=utc_now(),
+            # The venue's clock (a simulated broker keeps its own), as strategies see it.
+            now=service.clock(),
         )
 
     def _dispatch(self, owner: str | None, event: Order | Fill) -> None:
