@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from decimal import Decimal
 from typing import Final, Protocol
 
@@ -288,6 +289,17 @@ class Broker(abc.ABC):
         The core calls it when a submit timed out or lost its connection, to
         learn whether the venue has the order, instead of sending it again.
         Raises :class:`NotFound` when the venue never received it.
+        """
+
+    @abc.abstractmethod
+    async def fills(self, since: datetime) -> list[Fill]:
+        """Executions of this account at or after ``since``, oldest first.
+
+        The engine calls it on start to catch up on fills it missed while it
+        was not running (reconciliation); the venue's fill ids deduplicate any
+        overlap, so every fill must carry the same ``fill_id`` here as on
+        :meth:`stream_events`. A venue that keeps a shorter history returns
+        what it has. ``since`` is timezone-aware.
         """
 
     # -- account -------------------------------------------------------------

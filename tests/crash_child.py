@@ -3,21 +3,25 @@ SECONDS [--no-strategy]``.
 
 A strategy trades without pause against a persisting paper broker: market
 orders that fill, limit orders that rest, cancels. After every venue answer
-the broker waits a little before returning it to rick, and says so on stdout
-(``INFLIGHT <client order id>``), so the test can kill the process while the
-venue has an order whose answer rick has not recorded yet. ``--no-strategy``
+the broker waits a little before returning it to rick (and reports its events
+late), and says so on stdout (``INFLIGHT <client order id>``), so the test can
+kill the process while the venue has an order whose answer rick has not
+recorded yet. ``--no-strategy``
 runs the engine with no strategy: start-up reconciliation only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
 import trio
 
+from rick_core.broker import BrokerEvent
 from rick_core.components import ComponentSetup
 from rick_core.engine.runtime import Engine
 from rick_core.model import Order, OrderRequest, Quote
@@ -29,11 +33,26 @@ INSTRUMENTS = ("EUR_USD", "GBP_USD")
 
 
 class SlowAnswers(PaperBroker):
+    """Answers a submit 0.2 s after the venue took the order, and reports every
+    event 0.05 s late: a kill right after ``INFLIGHT`` always finds an order the
+    venue has and rick's store still shows as new."""
+
     async def place_order(self, request: OrderRequest) -> Order:
         order = await super().place_order(request)
         print(f"INFLIGHT {request.client_order_id}", flush=True)
-        await trio.sleep(0.05)
+        await trio.sleep(0.2)
         return order
+
+    @contextlib.asynccontextmanager
+    async def stream_events(self) -> AsyncIterator[AsyncIterator[BrokerEvent]]:
+        async with super().stream_events() as events:
+
+            async def late() -> AsyncIterator[BrokerEvent]:
+                async for event in events:
+                    await trio.sleep(0.05)
+                    yield event
+
+            yield late()
 
 
 class Churn(Strategy):

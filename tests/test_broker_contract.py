@@ -63,6 +63,23 @@ def test_an_incomplete_broker_cannot_be_instantiated() -> None:
         HalfBroker()  # type: ignore[abstract]
 
 
+def test_fills_since_is_part_of_the_contract() -> None:
+    """A broker must answer fills(since): the engine catches up on missed fills with it."""
+    assert "fills" in Broker.__abstractmethods__
+    implemented = {
+        name: _async_noop for name in Broker.__abstractmethods__ if name not in ("fills",)
+    }
+    NoFills = type("NoFills", (Broker,), implemented)
+    with pytest.raises(TypeError, match=r"abstract method '?fills"):
+        NoFills()
+    Complete = type("Complete", (Broker,), {**implemented, "fills": _async_noop})
+    assert isinstance(Complete(), Broker)
+
+
+async def _async_noop(*args: object, **kwargs: object) -> None:
+    return None
+
+
 def test_capabilities_default_to_claiming_the_least() -> None:
     caps = Capabilities()
     assert caps.order_types == frozenset({OrderType.MARKET})
@@ -94,6 +111,11 @@ def test_capabilities_default_to_claiming_the_least() -> None:
         ({"take_profit": "2.0"}, "an attached take profit is not supported"),
         ({"quantity": "0.5"}, "fractional quantity 0.5 is not supported"),
         ({"time_in_force": "fok"}, "time in force fok is not supported"),
+        (
+            {"type": "stop_limit", "stop_price": "1.2", "limit_price": "1.21"},
+            "stop_limit orders are not supported",
+        ),
+        ({"type": "trailing_stop", "trail_percent": "1"}, "trailing_stop orders are not supported"),
     ],
 )
 def test_capabilities_say_why_a_request_is_not_native(

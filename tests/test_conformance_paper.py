@@ -127,6 +127,7 @@ BROKEN_FAILS = {
     "test_quote_of_unknown_instrument_raises_not_found",  # the credential in the message
     "test_cancel_unknown_order_raises_not_found",  # nothing raised
     "test_stream_events_delivers_fill_and_order",  # times out
+    "test_fills_since_returns_the_fills_of_an_order",  # times out waiting for the stream
     "test_errors_are_broker_errors_without_credentials",  # credential; cancel raises nothing
 }
 
@@ -275,3 +276,140 @@ def test_the_target_may_depend_on_a_fake_venue_in_the_tests_nursery(
     assert not got["failed"]
     assert "test_the_fake_venue_was_reached" in got["passed"]
     assert "test_market_buy_then_sell" in got["passed"]
+
+
+# ---------------------------------------------------------------------------
+# fills(since): the check catches a venue that ignores since, renumbers or reverses
+
+BROKEN_FILLS_TESTS = """
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import attrs
+import pytest
+
+from rick_core.components import ComponentSetup
+from rick_core.paper.broker import PaperBroker
+from rick_core.testing import BrokerConformance, BrokerTarget
+
+OPTIONS = {"persist": False, "seed": 7, "speed": 0, "instruments": ["EUR_USD"]}
+
+
+class IgnoresSince(PaperBroker):
+    async def fills(self, since):
+        return await super().fills(datetime(2000, 1, 1, tzinfo=UTC))
+
+
+class Renumbers(PaperBroker):
+    async def fills(self, since):
+        return [attrs.evolve(f, fill_id="x" + f.fill_id) for f in await super().fills(since)]
+
+
+class NewestFirst(PaperBroker):
+    async def fills(self, since):
+        return list(reversed(await super().fills(since)))
+
+
+def target(kind, tmp_path):
+    return BrokerTarget(
+        make_broker=lambda: kind(ComponentSetup(name="p", options=OPTIONS, home=tmp_path)),
+        instrument="EUR_USD",
+        quantity=Decimal(1000),
+        timeout=1,
+    )
+
+
+class TestIgnoresSince(BrokerConformance):
+    @pytest.fixture
+    def rick_broker_target(self, tmp_path):
+        return target(IgnoresSince, tmp_path)
+
+
+class TestRenumbers(BrokerConformance):
+    @pytest.fixture
+    def rick_broker_target(self, tmp_path):
+        return target(Renumbers, tmp_path)
+
+
+class TestNewestFirst(BrokerConformance):
+    @pytest.fixture
+    def rick_broker_target(self, tmp_path):
+        return target(NewestFirst, tmp_path)
+"""
+
+
+def test_the_fills_check_catches_a_venue_that_ignores_since_renumbers_or_reverses(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(BROKEN_CONFTEST)
+    pytester.makepyfile(test_broken_fills=BROKEN_FILLS_TESTS)
+    reprec = pytester.inline_run("-p", "no:cacheprovider", "-k", "fills")
+    reports = {r.nodeid.split("::", 1)[1]: r for r in reprec.listoutcomes()[2]}
+    fills_test = "test_fills_since_returns_the_fills_of_an_order"
+    assert set(reports) == {
+        f"TestIgnoresSince::{fills_test}",
+        f"TestRenumbers::{fills_test}",
+        f"TestNewestFirst::{fills_test}",
+    }
+    assert "before since" in reports[f"TestIgnoresSince::{fills_test}"].longreprtext
+    assert "is not in fills()" in reports[f"TestRenumbers::{fills_test}"].longreprtext
+    assert "must list oldest first" in reports[f"TestNewestFirst::{fills_test}"].longreprtext
+
+
+# ---------------------------------------------------------------------------
+# a narrowed paper broker: it claims less, refuses the rest, and passes the suite
+
+NARROWED_TESTS = """
+from decimal import Decimal
+
+import pytest
+
+from rick_core.components import ComponentSetup
+from rick_core.paper.broker import PaperBroker
+from rick_core.testing import BrokerConformance, BrokerTarget
+
+OPTIONS = {
+    "persist": False,
+    "seed": 7,
+    "speed": 0,
+    "instruments": ["EUR_USD", "GBP_USD"],
+    "order_types": ["market", "limit"],
+    "time_in_force": ["gtc", "ioc"],
+    "attached_protection": False,
+    "position_protection": False,
+    "fractional_quantity": False,
+}
+
+
+@pytest.fixture
+def rick_broker_target(tmp_path):
+    return BrokerTarget(
+        make_broker=lambda: PaperBroker(
+            ComponentSetup(name="narrow", options=OPTIONS, home=tmp_path)
+        ),
+        instrument="EUR_USD",
+        quantity=Decimal(1000),
+        rejected_quantity=Decimal(1_000_000_000),
+        timeout=5,
+    )
+
+
+class TestNarrowedPaper(BrokerConformance):
+    pass
+"""
+
+
+def test_a_narrowed_paper_broker_passes_the_suite_refusing_what_it_does_not_claim(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(BROKEN_CONFTEST)
+    pytester.makepyfile(test_narrowed=NARROWED_TESTS)
+    got = outcomes(pytester.inline_run("-p", "no:cacheprovider"))
+    no_credentials = {
+        "test_close_after_failed_connect",
+        "test_unauthenticated_connect_raises_authentication_failed",
+    }
+    assert got["failed"] == set()
+    assert got["skipped"] == no_credentials
+    # the Unsupported test runs now: there is something the broker does not claim
+    assert got["passed"] == set(SUITE) - no_credentials

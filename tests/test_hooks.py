@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +21,7 @@ from rick_core.components import ComponentSetup
 from rick_core.hookspecs import hookimpl
 from rick_core.model import (
     Account,
+    Fill,
     Instrument,
     Order,
     OrderRequest,
@@ -90,6 +92,9 @@ class OneQuoteBroker(Broker):
             return self.orders[client_order_id]
         except KeyError:
             raise NotFound(f"no order {client_order_id}", broker=self.name) from None
+
+    async def fills(self, since: datetime) -> list[Fill]:
+        return []  # it never fills anything
 
     async def positions(self) -> list[Position]:
         return []

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -911,3 +912,467 @@ def test_books_balance_after_closing_everything(steps: list[tuple[Side, D, D, D]
     assert abs(a.realized_pnl - cash) <= D("0.01") * n_fills
     if fee == 0:
         assert a.fees_paid == 0
+
+
+# ---------------------------------------------------------------------------
+# stop-limit orders
+
+
+def test_stop_limit_triggers_then_works_as_a_limit_without_slippage() -> None:
+    a = make(slippage=D("0.0001"))
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    buy = req(
+        "EUR_USD",
+        "buy",
+        "2000",
+        "sl1",
+        type="stop_limit",
+        stop_price=D("1.10100"),
+        limit_price=D("1.10120"),
+    )
+    order, events = a.submit(buy, t(1))
+    assert (order.status, fills(events)) == (OrderStatus.ACCEPTED, [])
+    assert a.on_quote(q("EUR_USD", "1.10070", "1.10090", at=2)) == []  # ask below the stop
+    # the ask gaps to 1.10150: the stop (1.10100) is reached, but the limit 1.10120 is not
+    assert a.on_quote(q("EUR_USD", "1.10130", "1.10150", at=3)) == []
+    assert a.get_order("sl1").status is OrderStatus.ACCEPTED
+    # back below the stop: triggered stays triggered, and the ask 1.10090 is within the
+    # limit: 1000 (the quoted size) fill at the ask itself, no slippage
+    events = a.on_quote(q("EUR_USD", "1.10070", "1.10090", at=4, ask_size="1000"))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(1000), D("1.10090"))]
+    assert orders(events)[-1].status is OrderStatus.PARTIALLY_FILLED
+    # above the limit again: the rest waits, like any limit order
+    assert a.on_quote(q("EUR_USD", "1.10140", "1.10160", at=5)) == []
+    events = a.on_quote(q("EUR_USD", "1.10090", "1.10110", at=6))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(1000), D("1.10110"))]
+    done = orders(events)[-1]
+    # (1000 * 1.10090 + 1000 * 1.10110) / 2000 = 1.10100
+    assert (done.status, done.average_fill_price) == (OrderStatus.FILLED, D("1.10100"))
+
+
+def test_sell_stop_limit_fills_on_the_triggering_quote_when_within_its_limit() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    sell = req(
+        "EUR_USD",
+        "sell",
+        "1000",
+        "ss1",
+        type="stop_limit",
+        stop_price=D("1.09900"),
+        limit_price=D("1.09850"),
+    )
+    a.submit(sell, t(1))
+    assert a.on_quote(q("EUR_USD", "1.09910", "1.09930", at=2)) == []  # bid above the stop
+    events = a.on_quote(q("EUR_USD", "1.09880", "1.09900", at=3))
+    # bid 1.09880 <= stop 1.09900 triggers; 1.09880 >= limit 1.09850: fills at the bid
+    assert [(f.side, f.quantity, f.price) for f in fills(events)] == [
+        (Side.SELL, D(1000), D("1.09880"))
+    ]
+    # a sell stop-limit gapped through its limit rests instead
+    gap = req(
+        "EUR_USD",
+        "sell",
+        "1000",
+        "ss2",
+        type="stop_limit",
+        stop_price=D("1.09800"),
+        limit_price=D("1.09750"),
+    )
+    a.submit(gap, t(4))
+    assert a.on_quote(q("EUR_USD", "1.09700", "1.09720", at=5)) == []  # triggered, below limit
+    events = a.on_quote(q("EUR_USD", "1.09760", "1.09780", at=6))  # bid back within it
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(1000), D("1.09760"))]
+
+
+def test_stop_limit_through_the_market_fills_at_submission_and_fok_checks_it() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    through = req(
+        "EUR_USD",
+        "buy",
+        "1000",
+        "sl1",
+        type="stop_limit",
+        stop_price=D("1.10000"),
+        limit_price=D("1.10050"),
+    )
+    order, events = a.submit(through, t(1))
+    # ask 1.10020 >= stop 1.10000 and <= limit 1.10050: fills at the ask at once
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(1000), D("1.10020"))]
+    assert order.status is OrderStatus.FILLED
+    not_reached = req(
+        "EUR_USD",
+        "buy",
+        "1000",
+        "sl2",
+        type="stop_limit",
+        stop_price=D("1.10100"),
+        limit_price=D("1.10150"),
+        time_in_force="fok",
+    )
+    with pytest.raises(OrderRejected, match="fill or kill: only 0 available"):
+        a.submit(not_reached, t(1))
+
+
+# ---------------------------------------------------------------------------
+# trailing stops
+
+
+def test_sell_trailing_stop_follows_the_highest_bid_by_a_distance() -> None:
+    a = make(slippage=D("0.0001"))
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    a.submit(req("EUR_USD", "buy", "1000", "b1"), t(1))
+    trail = req(
+        "EUR_USD",
+        "sell",
+        "1000",
+        "ts1",
+        type="trailing_stop",
+        trail_distance=D("0.00050"),
+        time_in_force="gtc",
+    )
+    order, events = a.submit(trail, t(1))
+    assert (order.status, fills(events)) == (OrderStatus.ACCEPTED, [])
+    # best bid 1.10000 since acceptance: 1.10000 - 0.00050
+    assert a.trailing_stop_price("ts1") == D("1.09950")
+    assert a.on_quote(q("EUR_USD", "1.10100", "1.10120", at=2)) == []
+    assert a.trailing_stop_price("ts1") == D("1.10050")  # follows the new high
+    assert a.on_quote(q("EUR_USD", "1.10060", "1.10080", at=3)) == []
+    assert a.trailing_stop_price("ts1") == D("1.10050")  # a lower bid does not move it
+    assert a.on_quote(q("EUR_USD", "1.10200", "1.10220", at=4)) == []
+    assert a.trailing_stop_price("ts1") == D("1.10150")
+    # the bid falls to the trigger: a market sell of what the bid size allows, slipped:
+    # 1.10150 * (1 - 0.0001) = 1.10138985, down to the increment: 1.10138
+    events = a.on_quote(q("EUR_USD", "1.10150", "1.10170", at=5, bid_size="400"))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(400), D("1.10138"))]
+    # triggered for good: the rest sells on the next quote whatever the price does:
+    # 1.10300 * 0.9999 = 1.10288970 -> 1.10288
+    events = a.on_quote(q("EUR_USD", "1.10300", "1.10320", at=6))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(600), D("1.10288"))]
+    assert orders(events)[-1].status is OrderStatus.FILLED
+    assert a.trailing_stop_price("ts1") is None  # not working any more
+    assert a.positions() == []
+    # the buy paid 1.10020 * 1.0001 = 1.10031002 -> 1.10032; realized:
+    # (1.10138 - 1.10032) * 400 + (1.10288 - 1.10032) * 600 = 0.424 + 1.536 -> 0.42 + 1.54
+    assert a.realized_pnl == D("1.96")
+
+
+def test_buy_trailing_stop_follows_the_lowest_ask_by_a_percent() -> None:
+    a = make()
+    a.on_quote(q("AAPL", "189.99", "190.01"))
+    trail = req("AAPL", "buy", "10", "tb1", type="trailing_stop", trail_percent=D("1"))
+    order, _ = a.submit(trail, t(1))
+    assert order.request.time_in_force is TimeInForce.GTC
+    # lowest ask 190.01 * (1 + 1/100)
+    assert a.trailing_stop_price("tb1") == D("191.9101")
+    assert a.on_quote(q("AAPL", "179.98", "180.00", at=2)) == []
+    assert a.trailing_stop_price("tb1") == D("181.8000")  # 180.00 * 1.01
+    assert a.on_quote(q("AAPL", "181.77", "181.79", at=3)) == []  # just below the trigger
+    events = a.on_quote(q("AAPL", "181.78", "181.80", at=4))
+    assert [(f.side, f.quantity, f.price) for f in fills(events)] == [
+        (Side.BUY, D(10), D("181.80"))
+    ]
+    # equity fee 0.0005 * 10 * 181.80 = 0.909 -> 0.91
+    assert fills(events)[0].fee == D("0.91")
+    assert position(a, "AAPL").quantity == D(10)
+
+
+def test_trailing_stops_never_fire_on_their_acceptance_quote() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    # a trail of 0.001 %: the trigger is 1.10000 * 0.99999 = 1.0999890, just below the bid
+    gtc = req("EUR_USD", "sell", "1000", "t1", type="trailing_stop", trail_percent=D("0.001"))
+    order, events = a.submit(gtc, t(1))  # GTC: the default of every type but market
+    assert order.status is OrderStatus.ACCEPTED and fills(events) == []
+    immediate = req(
+        "EUR_USD",
+        "sell",
+        "1000",
+        "t2",
+        type="trailing_stop",
+        trail_percent=D("0.001"),
+        time_in_force="ioc",
+    )
+    order, events = a.submit(immediate, t(1))
+    assert order.status is OrderStatus.CANCELED and fills(events) == []
+    fok = attrs.evolve(immediate, client_order_id="t3", time_in_force=TimeInForce.FOK)
+    with pytest.raises(OrderRejected, match="fill or kill: only 0 available"):
+        a.submit(fok, t(1))
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (
+            req("EUR_USD", "sell", "1", "x", type="trailing_stop", trail_distance=D("0.000005")),
+            "trail_distance 0.000005 of EUR_USD is not a multiple of its price increment",
+        ),
+        (
+            req("EUR_USD", "sell", "1", "x", type="trailing_stop", trail_distance=D("1.10000")),
+            "trail_distance 1.10000 of a sell trailing stop must be below the bid 1.10000",
+        ),
+        (
+            req(
+                "EUR_USD",
+                "buy",
+                "1",
+                "x",
+                type="trailing_stop",
+                trail_percent=D(1),
+                stop_loss=D("1.10000"),
+            ),
+            "stop_loss 1.10000 is on the wrong side of the market",
+        ),
+        (
+            req(
+                "EUR_USD",
+                "buy",
+                "1",
+                "x",
+                type="stop_limit",
+                stop_price=D("1.1"),
+                limit_price=D("1.100001"),
+            ),
+            "limit_price 1.100001 of EUR_USD is not a multiple",
+        ),
+        (
+            req(
+                "EUR_USD",
+                "buy",
+                "1",
+                "x",
+                type="stop_limit",
+                stop_price=D("1.100007"),
+                limit_price=D("1.1"),
+            ),
+            "stop_price 1.100007",
+        ),
+        (
+            req("EUR_USD", "buy", "1.5", "x", type="trailing_stop", trail_percent=D(1)),
+            "not a multiple of its size increment 1",
+        ),
+    ],
+)
+def test_stop_limit_and_trailing_refusals(request_: OrderRequest, message: str) -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    with pytest.raises(OrderRejected) as info:
+        a.submit(request_, t(1))
+    assert message in info.value.reason
+    assert a.open_orders() == []
+
+
+# ---------------------------------------------------------------------------
+# fill history
+
+
+def test_fills_since_are_oldest_first_at_or_after_since_and_snapshotted() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    first = fills(a.submit(req("EUR_USD", "buy", "1000", "f1"), t(10))[1])
+    a.on_quote(q("EUR_USD", "1.10010", "1.10030", at=20))
+    second = fills(a.submit(req("EUR_USD", "sell", "1000", "f2"), t(20))[1])
+    assert a.fills(t(0)) == first + second
+    assert a.fills(t(10)) == first + second  # at or after
+    assert a.fills(t(11)) == second
+    assert a.fills(t(21)) == []
+    assert [f.fill_id for f in a.fills(t(0))] == ["paper-1", "paper-2"]
+    with pytest.raises(ValueError, match="naive datetime"):
+        a.fills(datetime(2026, 1, 5))
+    b = PaperAccount.restore("paper", PaperSettings(), INSTRUMENTS, a.snapshot())
+    assert b.fills(t(0)) == first + second
+
+
+def test_fill_history_is_bounded_by_count_and_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rick_core.paper import account as account_module
+
+    monkeypatch.setattr(account_module, "_FILL_HISTORY", 3)
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    for i in range(5):
+        a.submit(req("EUR_USD", "buy" if i % 2 == 0 else "sell", "1", f"o{i}"), t(i))
+    assert [f.fill_id for f in a.fills(t(0))] == ["paper-3", "paper-4", "paper-5"]
+    # 30 days and a second later, the older fills are forgotten
+    late = t(4) + timedelta(days=30, seconds=1)
+    a.on_quote(Quote(instrument="EUR_USD", bid=D("1.1"), ask=D("1.1002"), time=late, source="t"))
+    a.submit(req("EUR_USD", "sell", "1", "o5"), late)
+    assert [f.fill_id for f in a.fills(t(0))] == ["paper-6"]
+
+
+def test_a_version_1_snapshot_without_fills_still_restores() -> None:
+    a = make()
+    _scenario_start(a)
+    data = a.snapshot()
+    old = {k: v for k, v in data.items() if k not in ("fills", "trailing")}
+    old["version"] = 1
+    b = PaperAccount.restore("paper", PaperSettings(), INSTRUMENTS, old)
+    assert b.positions() == a.positions()
+    assert b.open_orders() == a.open_orders()
+    assert b.fills(t(0)) == []
+
+
+# ---------------------------------------------------------------------------
+# changes: what the broker's crash journal writes, replayed over a snapshot
+
+
+def _without_market(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot without the quotes: the journal does not keep the market."""
+    return {k: v for k, v in snapshot.items() if k not in ("quotes", "consumed")}
+
+
+def _everything(a: PaperAccount, log: list[str]) -> None:
+    """A session touching every kind of change, journaling each step into ``log``."""
+
+    def step(*_: Any) -> None:
+        line = a.take_changes()
+        if line is not None:
+            log.append(line)
+
+    step(_scenario_start(a))  # several operations in one record: still an overwrite
+    stop_limit = req(
+        "EUR_USD",
+        "buy",
+        "1000",
+        "c1",
+        type="stop_limit",
+        stop_price=D("1.10600"),
+        limit_price=D("1.10620"),
+    )
+    step(a.submit(stop_limit, t(2)))
+    trailing = req("EUR_USD", "sell", "500", "c2", type="trailing_stop", trail_percent=D(1))
+    step(a.submit(trailing, t(2)))
+    step(a.submit(req("EUR_USD", "sell", "500", "c3", type="limit", limit_price=D("1.2")), t(2)))
+    step(a.replace_order_protection("c3", stop_loss=D("1.3"), now=t(2)))
+    step(a.on_quote(q("EUR_USD", "1.10100", "1.10120", at=3, ask_size="5000")))  # p1, c2 trail
+    step(a.on_quote(q("USD_JPY", "150.400", "150.420", at=4)))  # p4's rest fills
+    step(a.cancel("c3", t(5)))
+    step(a.on_quote(q("EUR_USD", "1.10610", "1.10630", at=6)))  # c1 triggers over its limit
+    step(a.on_quote(q("EUR_USD", "1.11000", "1.11020", at=7)))  # c2 trails up
+    step(a.replace_position_protection("EUR_USD", stop_loss=D("1.09000"), now=t(8)))
+    step(a.on_quote(q("USD_JPY", "147.980", "148.000", at=9)))  # the short's take profit
+
+
+def test_changes_replayed_over_the_first_snapshot_rebuild_the_account() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    a.on_quote(q("USD_JPY", "150.000", "150.020"))
+    assert a.take_changes() is None  # not tracking
+    start = a.snapshot()
+    a.track_changes()
+    assert a.take_changes() is None and not a.has_changes
+    log: list[str] = []
+    _everything(a, log)
+    assert len(log) >= 8
+    assert all("\n" not in line for line in log)
+    assert a.trailing_stop_price("c2") is not None
+    assert "c1" in a._triggered  # triggered, waiting for its limit
+
+    b = PaperAccount.restore("paper", PaperSettings(), INSTRUMENTS, start)
+    for line in log:
+        b.apply_changes(json.loads(line))
+    assert _without_market(b.snapshot()) == _without_market(a.snapshot())
+    assert b.trailing_stop_price("c2") == a.trailing_stop_price("c2")
+    # and it goes on identically
+    for account in (a, b):
+        account.on_quote(q("EUR_USD", "1.10000", "1.10020", at=20))
+        account.on_quote(q("USD_JPY", "150.000", "150.020", at=20))
+    after = [account.on_quote(q("EUR_USD", "1.10600", "1.10610", at=21)) for account in (a, b)]
+    assert after[0] == after[1]
+    assert _without_market(b.snapshot()) == _without_market(a.snapshot())
+
+
+def test_a_quote_that_changes_nothing_makes_no_record() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    a.track_changes()
+    a.submit(req("EUR_USD", "buy", "1000", "l1", type="limit", limit_price=D("1.09")), t(1))
+    assert a.has_changes
+    record = json.loads(a.take_changes() or "")
+    assert [o["order"]["status"] for o in record["orders"]] == ["accepted"]
+    assert (record["fills"], record["positions"], record["order_seq"]) == ([], {}, 1)
+    assert a.on_quote(q("EUR_USD", "1.10010", "1.10030", at=2)) == []
+    assert not a.has_changes and a.take_changes() is None
+
+
+def test_a_record_that_cannot_be_applied_is_refused() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    a.track_changes()
+    a.submit(req("EUR_USD", "buy", "1000", "b1"), t(1))
+    record = json.loads(a.take_changes() or "")
+    b = make()
+    with pytest.raises(ValueError, match=r"damaged change record \(missing 'balance'\)"):
+        b.apply_changes({k: v for k, v in record.items() if k != "balance"})
+    record["fills"][0]["price"] = "-1"
+    with pytest.raises(ValueError, match="damaged change record"):
+        make().apply_changes(record)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        Order(
+            request=OrderRequest(
+                instrument="EUR_USD",
+                side="sell",
+                quantity=D("1E+3"),
+                type="stop_limit",
+                stop_price=D("1.09"),
+                limit_price=D("1.08"),
+                time_in_force="gtd",
+                expire_time=T0,
+                stop_loss=D("1.2"),
+                take_profit=D("1.0"),
+                tag='odd "tag" \u00e9\n\\',
+                client_order_id="abc.1:2-3_4",
+            ),
+            broker='pap"er',
+            status="partially_filled",
+            venue_order_id="P\u00e97",
+            filled_quantity=D("0.5"),
+            average_fill_price=D("1.0800"),
+            created_at=T0,
+            updated_at=t(5),
+            reject_reason='n\u00f6 "way"',
+        ),
+        Order(
+            request=OrderRequest(
+                instrument="BTC_USD",
+                side="buy",
+                quantity=D(1),
+                type="trailing_stop",
+                trail_distance=D("10.5"),
+            ),
+            broker="paper",
+        ),
+    ],
+)
+def test_the_fast_json_is_exactly_the_models_json(order: Order) -> None:
+    from rick_core.model import to_jsonable
+    from rick_core.paper.account import fill_json, order_json
+
+    def dumped(value: Any) -> str:
+        return json.dumps(to_jsonable(value), separators=(",", ":"))
+
+    assert order_json(order) == dumped(order)
+    fill = Fill(
+        fill_id='x"1',
+        client_order_id="foreign order \u00e9",
+        instrument=order.instrument,
+        side=order.request.side,
+        quantity=D("0.5"),
+        price=D("1.0800"),
+        time=t(3),
+        broker=order.broker,
+        fee=D("-0.01"),
+        fee_currency="USD",
+        venue_order_id=order.venue_order_id,
+    )
+    assert fill_json(fill) == dumped(fill)
+    # every field of the model is written: a new field must be added to the fast path
+    for model, text in ((order, order_json(order)), (fill, fill_json(fill))):
+        assert set(json.loads(text)) == {f.name for f in attrs.fields(type(model))}
+    assert set(json.loads(order_json(order))["request"]) == {
+        f.name for f in attrs.fields(OrderRequest)
+    }

@@ -261,7 +261,7 @@ def test_sigkill_mid_flow_then_restart_loses_and_duplicates_nothing(tmp_path: Pa
         for line in child.stdout:
             if line.startswith("INFLIGHT"):
                 in_flight += 1
-                if in_flight >= 150:
+                if in_flight >= 40:
                     os.kill(child.pid, signal.SIGKILL)
                     break
             assert time.monotonic() < deadline, "the child did not trade fast enough"

@@ -17,6 +17,18 @@ The simulation in short
   rounded to the instrument's ``price_increment`` away from the trader); limit
   orders fill at the touch when it is at or better than their limit, without
   slippage.
+- A stop order triggers when the touch reaches its ``stop_price`` (a buy's ask at
+  or above it, a sell's bid at or below it) and then trades as a market order.
+  A stop-limit order triggers the same way and then works as a limit order at
+  its ``limit_price`` (filled on the triggering quote when that quote allows).
+  Once triggered, an order stays triggered whatever the price does next.
+- A trailing stop is native: it remembers the best touch since it was accepted
+  (a sell's highest bid, a buy's lowest ask) and triggers, as a market order,
+  when the touch comes back to ``best - trail_distance`` or
+  ``best * (1 - trail_percent / 100)`` for a sell, ``best + trail_distance`` or
+  ``best * (1 + trail_percent / 100)`` for a buy (see
+  :meth:`PaperAccount.trailing_stop_price`). It never triggers on the quote it
+  was accepted at.
 - Positions are netted per instrument, with an average entry price. Realized P&L
   and fees are converted into the account currency at the mid of the latest
   quote of the conversion pair and booked into the balance.
@@ -30,11 +42,11 @@ Events
 ------
 Every change to an order is reported as the order's new state, and every
 execution as a :class:`~rick_core.model.Fill` followed by the order's new state.
-A submitted order is first reported as accepted (status ``OPEN``). Orders the
+A submitted order is first reported as accepted (status ``ACCEPTED``). Orders the
 account creates itself (the ``.sl`` / ``.tp`` closes of position protection and
 ``margin_closeout`` orders) are born filled: they are reported as a fill and the
 ``FILLED`` order. A stop order reaching its stop price is not an event (its status
-stays ``OPEN`` until it fills). Fills at submission happen at ``now``; fills on a
+stays ``ACCEPTED`` until it fills). Fills at submission happen at ``now``; fills on a
 quote at the quote's time (never before the order's ``created_at``).
 
 Simplifications (documented, deliberate)
@@ -52,13 +64,28 @@ Simplifications (documented, deliberate)
   position's: use :meth:`PaperAccount.replace_position_protection` for that.
 - A fill that needs a currency conversion nobody has quoted is skipped (the
   order keeps working); submission already refuses orders that cannot be valued.
+
+History and durability
+----------------------
+The account keeps its latest fills (:meth:`PaperAccount.fills`: at most
+10,000, none more than 30 days older than the newest) and its latest final
+orders, and both are part of :meth:`PaperAccount.snapshot`. For crash
+durability the account can also report every change as it happens
+(:meth:`PaperAccount.track_changes`, :meth:`PaperAccount.take_changes`): a
+record of the *new* state of everything an operation touched (orders with
+their trigger and trailing state, fills, positions, balance, counters), so
+that replaying records over a snapshot (:meth:`PaperAccount.apply_changes`)
+is a plain overwrite. Quotes are not recorded: they are the market's, and a
+restarted market brings its own.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import (
     ROUND_CEILING,
     ROUND_FLOOR,
@@ -120,7 +147,14 @@ _WHOLE_CURRENCIES: Final = frozenset({"JPY"})
 _FINAL_HISTORY: Final = 10_000
 """Final orders remembered (and snapshotted) for ``get_order`` and idempotent retries."""
 
-_SNAPSHOT_VERSION: Final = 1
+_FILL_HISTORY: Final = 10_000
+"""Fills remembered (and snapshotted) for :meth:`PaperAccount.fills`."""
+
+_FILL_HISTORY_AGE: Final = timedelta(days=30)
+"""Fills older than this before the newest one are forgotten."""
+
+_SNAPSHOT_VERSION: Final = 2
+_READABLE_VERSIONS: Final = frozenset({1, 2})  # 1: before fills and trailing stops were kept
 
 
 def _exact(fn: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -299,6 +333,15 @@ class _Holding:
             "protection_by": self.protection_by,
         }
 
+    def to_json(self, instrument: str) -> str:
+        """:meth:`to_jsonable` as compact JSON text."""
+        return (
+            f'{{"instrument":"{instrument}","quantity":"{self.quantity!s}",'
+            f'"average_price":"{self.average_price!s}","opened_by":{_escape(self.opened_by)},'
+            f'"stop_loss":{_jnum(self.stop_loss)},"take_profit":{_jnum(self.take_profit)},'
+            f'"protection_by":{_jtext(self.protection_by)}}}'
+        )
+
     @classmethod
     def from_jsonable(cls, data: Mapping[str, Any]) -> _Holding:
         def optional(value: str | None) -> Decimal | None:
@@ -324,6 +367,131 @@ def _signed(side: Side, quantity: Decimal) -> Decimal:
 
 def _opposite(side: Side) -> Side:
     return Side.SELL if side is Side.BUY else Side.BUY
+
+
+def _stop_reached(request: OrderRequest, touch: Decimal) -> bool:
+    """Whether ``touch`` reached the stop price of a stop or stop-limit ``request``."""
+    stop = request.stop_price
+    assert stop is not None  # the model requires it
+    return touch >= stop if request.side is Side.BUY else touch <= stop
+
+
+def _within_limit(request: OrderRequest, touch: Decimal) -> bool:
+    """Whether ``touch`` is at or better than the limit of a limit or stop-limit ``request``."""
+    limit = request.limit_price
+    assert limit is not None  # the model requires it
+    return touch <= limit if request.side is Side.BUY else touch >= limit
+
+
+# ---------------------------------------------------------------------------
+# JSON text of orders, fills and positions: exactly ``json.dumps(to_jsonable(x),
+# separators=(",", ":"))``, built directly (the change journal writes an order and
+# a fill on every round trip, and the generic path costs several times more).
+# Symbols, the request's client order id, enum values, Decimals and ISO times
+# need no escaping (the model validates their characters); free text is escaped.
+
+_escape: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
+
+
+def _jtext(value: str | None) -> str:
+    return "null" if value is None else _escape(value)
+
+
+def _jnum(value: Decimal | None) -> str:
+    return "null" if value is None else f'"{value!s}"'
+
+
+_last_time: tuple[datetime | None, str] = (None, "")
+"""The latest datetime written and its text (one tuple: replaced in one step): an
+order's times and its fill's are usually one object, the moment of the operation."""
+
+
+def _iso(value: datetime) -> str:
+    global _last_time
+    last = _last_time
+    if value is last[0]:
+        return last[1]
+    text = value.isoformat()
+    _last_time = (value, text)
+    return text
+
+
+_names: dict[str, str] = {}
+"""Escaped text of the few names repeated in every record (broker, currency)."""
+
+
+def _name(value: str) -> str:
+    text = _names.get(value)
+    if text is None:
+        text = _escape(value)
+        if len(_names) < 1000:
+            _names[value] = text
+    return text
+
+
+def _jtime(value: datetime | None) -> str:
+    return "null" if value is None else f'"{_iso(value)}"'
+
+
+def request_json(request: OrderRequest) -> str:
+    """``request`` as compact JSON text, the same as its :func:`to_jsonable` dumped."""
+    r = request
+    return (
+        f'{{"instrument":"{r.instrument}","side":"{r.side.value}","quantity":"{r.quantity!s}",'
+        f'"type":"{r.type.value}","limit_price":{_jnum(r.limit_price)},'
+        f'"stop_price":{_jnum(r.stop_price)},"time_in_force":"{r.time_in_force.value}",'
+        f'"expire_time":{_jtime(r.expire_time)},"stop_loss":{_jnum(r.stop_loss)},'
+        f'"take_profit":{_jnum(r.take_profit)},"client_order_id":"{r.client_order_id}",'
+        f'"tag":{_escape(r.tag)},"trail_distance":{_jnum(r.trail_distance)},'
+        f'"trail_percent":{_jnum(r.trail_percent)}}}'
+    )
+
+
+def order_json(order: Order) -> str:
+    """``order`` as compact JSON text, the same as its :func:`to_jsonable` dumped."""
+    o = order
+    return (
+        f'{{"request":{request_json(o.request)},"broker":{_name(o.broker)},'
+        f'"status":"{o.status.value}","venue_order_id":{_jtext(o.venue_order_id)},'
+        f'"filled_quantity":"{o.filled_quantity!s}",'
+        f'"average_fill_price":{_jnum(o.average_fill_price)},'
+        f'"created_at":"{_iso(o.created_at)}","updated_at":"{_iso(o.updated_at)}",'
+        f'"reject_reason":{_jtext(o.reject_reason)}}}'
+    )
+
+
+def fill_json(fill: Fill) -> str:
+    """``fill`` as compact JSON text, the same as its :func:`to_jsonable` dumped."""
+    f = fill
+    return (
+        f'{{"fill_id":{_escape(f.fill_id)},"client_order_id":{_escape(f.client_order_id)},'
+        f'"instrument":"{f.instrument}","side":"{f.side.value}","quantity":"{f.quantity!s}",'
+        f'"price":"{f.price!s}","time":"{_iso(f.time)}","broker":{_name(f.broker)},'
+        f'"fee":"{f.fee!s}","fee_currency":{_name(f.fee_currency)},'
+        f'"venue_order_id":{_jtext(f.venue_order_id)}}}'
+    )
+
+
+def _fill_time(fill: Fill) -> datetime:
+    return fill.time
+
+
+class _Changes:
+    """What changed since the last :meth:`PaperAccount.take_changes`."""
+
+    __slots__ = ("any", "fills", "orders", "symbols")
+
+    def __init__(self) -> None:
+        self.any = False
+        self.orders: dict[str, None] = {}  # client order ids, in the order last touched
+        self.fills: list[Fill] = []
+        self.symbols: set[str] = set()  # positions
+
+    def clear(self) -> None:
+        self.any = False
+        self.orders.clear()
+        self.fills.clear()
+        self.symbols.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -365,6 +533,9 @@ class PaperAccount:
         self._final: dict[str, Order] = {}  # oldest first, bounded by _FINAL_HISTORY
         self._triggered: set[str] = set()  # stop orders whose stop price was reached
         self._protection_applied: set[str] = set()  # working orders that set protection
+        self._trail: dict[str, Decimal] = {}  # trailing stops: the best touch since accepted
+        self._fills: deque[Fill] = deque(maxlen=_FILL_HISTORY)  # oldest first
+        self._changes: _Changes | None = None  # set by track_changes()
         self._quotes: dict[str, Quote] = {}
         # Size of the latest quote already taken by rick's orders: [bid side, ask side].
         self._consumed: dict[str, list[Decimal]] = {}
@@ -401,6 +572,35 @@ class PaperAccount:
     def open_orders(self, instrument: str | None = None) -> list[Order]:
         """Working orders, in submission order, optionally of one instrument."""
         return [o for o in self._working.values() if instrument in (None, o.instrument)]
+
+    def fills(self, since: datetime) -> list[Fill]:
+        """The remembered fills at or after ``since`` (timezone-aware), oldest first.
+
+        The history holds the latest 10,000 fills, none more than 30 days older
+        than the newest; it is kept across restarts with the snapshot.
+        """
+        since = to_utc(since)
+        found = [fill for fill in self._fills if fill.time >= since]
+        found.sort(key=_fill_time)  # stable: fills of one moment stay in execution order
+        return found
+
+    @_exact
+    def trailing_stop_price(self, client_order_id: str) -> Decimal | None:
+        """Where the working trailing stop ``client_order_id`` triggers now (its best
+        touch so far, less or plus the trail), or None for any other order."""
+        order = self._working.get(client_order_id)
+        best = self._trail.get(client_order_id)
+        if order is None or best is None:
+            return None
+        return self._trail_trigger(order.request, best)
+
+    def last_activity(self) -> datetime | None:
+        """The latest time this account saw: of an order's change, a fill or a quote."""
+        times = [order.updated_at for order in self._working.values()]
+        times += [order.updated_at for order in self._final.values()]
+        times += [fill.time for fill in self._fills]
+        times += [quote.time for quote in self._quotes.values()]
+        return max(times, default=None)
 
     @_exact
     def positions(self) -> list[Position]:
@@ -468,7 +668,7 @@ class PaperAccount:
         """Accept ``request`` and fill what the current quote allows.
 
         Returns the order's state after submission and the events it produced: its
-        acceptance (status OPEN), then a fill and the order's new state per
+        acceptance (status ACCEPTED), then a fill and the order's new state per
         execution, then its cancellation when an IOC order could not fill in full.
         A client order id seen before returns that order unchanged and no events.
         Raises :class:`OrderRejected` (nothing is booked) for an order the paper
@@ -494,7 +694,10 @@ class PaperAccount:
                 "before it can take orders"
             )
         rate = self._require_rate(instrument.quote_currency)
-        if request.type is OrderType.MARKET:
+        if request.type is OrderType.TRAILING_STOP:
+            self._check_trail(instrument, request, quote)
+        if request.type is OrderType.MARKET or request.type is OrderType.TRAILING_STOP:
+            # Both trade at the market: protection the market is through would fire at once.
             self._check_protection_sides(
                 request.side,
                 request.stop_loss,
@@ -618,6 +821,10 @@ class PaperAccount:
         self._check_protection_sides(side, new_stop, new_take, quote, "the position's")
         holding.stop_loss = new_stop
         holding.take_profit = new_take
+        changes = self._changes
+        if changes is not None:
+            changes.symbols.add(instrument)
+            changes.any = True
         return next(p for p in self.positions() if p.instrument == instrument)
 
     # -- snapshot ------------------------------------------------------------
@@ -626,9 +833,9 @@ class PaperAccount:
         """The account's state as JSON types (Decimals as strings), for :meth:`restore`.
 
         Holds the balance and totals, positions with their protection, working
-        orders, the latest final orders (so a retried submit stays idempotent
-        across a restart), the latest quotes with their consumed size, and the
-        sequence counters.
+        orders with their trigger and trailing state, the latest final orders (so
+        a retried submit stays idempotent across a restart), the fill history,
+        the latest quotes with their consumed size, and the sequence counters.
         """
         return {
             "version": _SNAPSHOT_VERSION,
@@ -643,6 +850,8 @@ class PaperAccount:
             "final_orders": [to_jsonable(o) for o in self._final.values()],
             "triggered": sorted(self._triggered),
             "protection_applied": sorted(self._protection_applied),
+            "trailing": {c: str(best) for c, best in sorted(self._trail.items())},
+            "fills": [to_jsonable(f) for f in self._fills],
             "quotes": [to_jsonable(q) for _, q in sorted(self._quotes.items())],
             "consumed": {s: [str(v) for v in c] for s, c in sorted(self._consumed.items())},
         }
@@ -664,7 +873,7 @@ class PaperAccount:
         currency must match. Raises ``ValueError`` for a snapshot this account
         cannot continue from.
         """
-        if data.get("version") != _SNAPSHOT_VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"paper snapshot version {data.get('version')!r} is not supported "
                 f"(expected {_SNAPSHOT_VERSION}): start a fresh paper account"
@@ -710,6 +919,109 @@ class PaperAccount:
         self._triggered = set(data["triggered"])
         self._protection_applied = set(data["protection_applied"])
         self._consumed = {s: [Decimal(v) for v in c] for s, c in data["consumed"].items()}
+        if data["version"] >= 2:  # version 1 kept no fills and had no trailing stops
+            self._trail = {c: Decimal(best) for c, best in data["trailing"].items()}
+            for item in data["fills"]:
+                self._remember(from_jsonable(Fill, item))
+
+    # -- changes (the broker's crash journal) --------------------------------
+
+    def track_changes(self) -> None:
+        """Start noting every change, for :meth:`take_changes`."""
+        if self._changes is None:
+            self._changes = _Changes()
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether something changed since the last :meth:`take_changes`."""
+        changes = self._changes
+        return changes is not None and changes.any
+
+    def take_changes(self) -> str | None:
+        """The new state of everything changed since the last call, as one line of
+        compact JSON (None: nothing changed, or changes are not tracked), for
+        :meth:`apply_changes`.
+
+        A record holds each touched order's current state (``orders``, with its
+        trigger and trailing state), the new ``fills``, each touched position
+        (``positions``, null when flat), and the balance, totals and counters:
+        applying it is an overwrite.
+        """
+        changes = self._changes
+        if changes is None or not changes.any:
+            return None
+        orders = []
+        triggered, applied, trail = self._triggered, self._protection_applied, self._trail
+        for client_order_id in changes.orders:
+            order = self._working.get(client_order_id) or self._final.get(client_order_id)
+            if order is None:
+                continue  # a final order already pushed out of the history
+            orders.append(
+                f'{{"order":{order_json(order)},'
+                f'"triggered":{"true" if client_order_id in triggered else "false"},'
+                f'"protection_applied":{"true" if client_order_id in applied else "false"},'
+                f'"trail":{_jnum(trail.get(client_order_id))}}}'
+            )
+        positions = []
+        for symbol in sorted(changes.symbols):
+            holding = self._positions.get(symbol)
+            positions.append(f'"{symbol}":{"null" if holding is None else holding.to_json(symbol)}')
+        record = (
+            f'{{"orders":[{",".join(orders)}],'
+            f'"fills":[{",".join([fill_json(fill) for fill in changes.fills])}],'
+            f'"positions":{{{",".join(positions)}}},'
+            f'"balance":"{self._balance!s}","realized_pnl":"{self._realized!s}",'
+            f'"fees_paid":"{self._fees!s}","fill_seq":{self._fill_seq},'
+            f'"order_seq":{self._order_seq}}}'
+        )
+        changes.clear()
+        return record
+
+    @_exact
+    def apply_changes(self, record: Mapping[str, Any]) -> None:
+        """Overwrite this account with a record of :meth:`take_changes` (replaying a
+        journal over the snapshot it continues). Raises ``ValueError`` for a record
+        that cannot be applied."""
+        try:
+            self._apply(record)
+        except (ModelError, ArithmeticError, KeyError, TypeError, AttributeError) as e:
+            detail = f"missing {e}" if isinstance(e, KeyError) else str(e) or type(e).__name__
+            raise ValueError(f"damaged change record ({detail})") from None
+
+    def _apply(self, record: Mapping[str, Any]) -> None:
+        for entry in record["orders"]:
+            order = from_jsonable(Order, entry["order"])
+            client_order_id = order.client_order_id
+            if not order.status.is_final:
+                self._instrument_for_restore(order.instrument, "a working order")
+            self._store(order)
+            if order.status.is_final:
+                continue
+            for flag, members in (
+                ("triggered", self._triggered),
+                ("protection_applied", self._protection_applied),
+            ):
+                if entry[flag]:
+                    members.add(client_order_id)
+                else:
+                    members.discard(client_order_id)
+            if entry["trail"] is None:
+                self._trail.pop(client_order_id, None)
+            else:
+                self._trail[client_order_id] = Decimal(entry["trail"])
+        for item in record["fills"]:
+            self._remember(from_jsonable(Fill, item))
+        for symbol, item in record["positions"].items():
+            if item is None:
+                self._positions.pop(symbol, None)
+            else:
+                self._instrument_for_restore(symbol, "a position")
+                self._positions[symbol] = _Holding.from_jsonable(item)
+        self._balance = Decimal(record["balance"])
+        self._realized = Decimal(record["realized_pnl"])
+        self._fees = Decimal(record["fees_paid"])
+        self._fill_seq = int(record["fill_seq"])
+        self._order_seq = int(record["order_seq"])
 
     def _instrument_for_restore(self, symbol: str, what: str) -> None:
         if symbol not in self._instruments:
@@ -759,6 +1071,16 @@ class PaperAccount:
         self._check_price(instrument, "stop_price", request.stop_price)
         self._check_price(instrument, "stop_loss", request.stop_loss)
         self._check_price(instrument, "take_profit", request.take_profit)
+        self._check_price(instrument, "trail_distance", request.trail_distance)
+
+    def _check_trail(self, instrument: Instrument, request: OrderRequest, quote: Quote) -> None:
+        """Refuse a sell trailing stop whose distance would put its trigger at or below zero."""
+        distance = request.trail_distance
+        if request.side is Side.SELL and distance is not None and distance >= quote.bid:
+            self._reject(
+                f"trail_distance {distance} of a sell trailing stop must be below the bid "
+                f"{quote.bid} of {instrument.symbol}: the stop could never trigger"
+            )
 
     def _check_price(self, instrument: Instrument, name: str, price: Decimal | None) -> None:
         step = instrument.price_increment
@@ -829,15 +1151,17 @@ class PaperAccount:
     def _fillable_now(self, instrument: Instrument, request: OrderRequest, quote: Quote) -> Decimal:
         """What of ``request`` the current quote would fill."""
         touch = quote.price_for(request.side)
-        buy = request.side is Side.BUY
-        if request.type is OrderType.LIMIT:
-            assert request.limit_price is not None
-            if (touch > request.limit_price) if buy else (touch < request.limit_price):
-                return _ZERO
-        elif request.type is OrderType.STOP:
-            assert request.stop_price is not None
-            if (touch < request.stop_price) if buy else (touch > request.stop_price):
-                return _ZERO
+        kind = request.type
+        if kind is OrderType.TRAILING_STOP:
+            return _ZERO  # it trails from this quote: never triggered on it
+        if (kind is OrderType.STOP or kind is OrderType.STOP_LIMIT) and not _stop_reached(
+            request, touch
+        ):
+            return _ZERO
+        if (kind is OrderType.LIMIT or kind is OrderType.STOP_LIMIT) and not _within_limit(
+            request, touch
+        ):
+            return _ZERO
         available = self._available(instrument, quote, request.side)
         return request.quantity if available is None else min(request.quantity, available)
 
@@ -943,19 +1267,30 @@ class PaperAccount:
         instrument = self._instruments[request.instrument]
         side = request.side
         touch = quote.price_for(side)
-        buy = side is Side.BUY
-        if request.type is OrderType.LIMIT:
-            assert request.limit_price is not None
-            if (touch > request.limit_price) if buy else (touch < request.limit_price):
+        kind = request.type
+        if kind is OrderType.LIMIT:
+            if not _within_limit(request, touch):
                 return order
             price = touch  # at or better than the limit: the trader gets the improvement
-        else:
-            if request.type is OrderType.STOP and order.client_order_id not in self._triggered:
-                assert request.stop_price is not None
-                if (touch < request.stop_price) if buy else (touch > request.stop_price):
-                    return order
-                self._triggered.add(order.client_order_id)
+        elif kind is OrderType.MARKET:
             price = self._slipped(instrument, side, touch)
+        else:  # the stops: nothing happens until triggered, and then they stay triggered
+            client_order_id = order.client_order_id
+            if client_order_id not in self._triggered:
+                if kind is OrderType.TRAILING_STOP:
+                    reached = self._trail_reached(order, touch)
+                else:
+                    reached = _stop_reached(request, touch)
+                if not reached:
+                    return order
+                self._triggered.add(client_order_id)
+                self._touch(client_order_id)
+            if kind is OrderType.STOP_LIMIT:
+                if not _within_limit(request, touch):
+                    return order
+                price = touch  # a limit order now
+            else:
+                price = self._slipped(instrument, side, touch)
         available = self._available(instrument, quote, side)
         quantity = (
             order.remaining_quantity
@@ -966,6 +1301,30 @@ class PaperAccount:
             return order
         self._consume(quote, side, quantity)
         return self._execute(order, quantity, price, when, events, fresh)
+
+    def _trail_reached(self, order: Order, touch: Decimal) -> bool:
+        """Move the trailing stop ``order`` with ``touch`` if it is a new best; whether
+        ``touch`` reached its trigger."""
+        request = order.request
+        client_order_id = order.client_order_id
+        buy = request.side is Side.BUY
+        best = self._trail.get(client_order_id)
+        if best is None or (touch < best if buy else touch > best):
+            self._trail[client_order_id] = best = touch
+            self._touch(client_order_id)
+        trigger = self._trail_trigger(request, best)
+        return touch >= trigger if buy else touch <= trigger
+
+    @staticmethod
+    def _trail_trigger(request: OrderRequest, best: Decimal) -> Decimal:
+        """The trigger of a trailing stop whose best touch so far is ``best``."""
+        buy = request.side is Side.BUY
+        distance = request.trail_distance
+        if distance is not None:
+            return best + distance if buy else best - distance
+        percent = request.trail_percent
+        assert percent is not None  # the model requires one of the two
+        return best * (1 + percent / 100) if buy else best * (1 - percent / 100)
 
     def _execute(
         self,
@@ -988,21 +1347,26 @@ class PaperAccount:
         self._fees += fee
         self._balance += realized - fee
         self._fill_seq += 1
-        events.append(
-            Fill(
-                fill_id=f"{self.broker}-{self._fill_seq}",
-                client_order_id=order.client_order_id,
-                instrument=instrument.symbol,
-                side=request.side,
-                quantity=quantity,
-                price=price,
-                time=when,
-                broker=self.broker,
-                fee=fee,
-                fee_currency=self.settings.currency,
-                venue_order_id=order.venue_order_id,
-            )
+        fill = Fill(
+            fill_id=f"{self.broker}-{self._fill_seq}",
+            client_order_id=order.client_order_id,
+            instrument=instrument.symbol,
+            side=request.side,
+            quantity=quantity,
+            price=price,
+            time=when,
+            broker=self.broker,
+            fee=fee,
+            fee_currency=self.settings.currency,
+            venue_order_id=order.venue_order_id,
         )
+        self._remember(fill)
+        changes = self._changes
+        if changes is not None:
+            changes.fills.append(fill)
+            changes.symbols.add(instrument.symbol)
+            changes.any = True
+        events.append(fill)
         filled = order.filled_quantity + quantity
         previous = order.average_fill_price
         average = (
@@ -1085,14 +1449,34 @@ class PaperAccount:
         events.append(order)
         return order
 
+    def _remember(self, fill: Fill) -> None:
+        """Add ``fill`` to the history, forgetting the oldest beyond its bounds."""
+        history = self._fills
+        history.append(fill)  # the deque's maxlen drops the oldest
+        horizon = fill.time - _FILL_HISTORY_AGE
+        while history[0].time < horizon:
+            history.popleft()
+
+    def _touch(self, client_order_id: str) -> None:
+        """Note that the order (or its trigger state) changed, for :meth:`take_changes`."""
+        changes = self._changes
+        if changes is not None:
+            touched = changes.orders
+            touched.pop(client_order_id, None)  # last touched last: the order it went final
+            touched[client_order_id] = None
+            changes.any = True
+
     def _store(self, order: Order) -> None:
         client_order_id = order.client_order_id
+        if self._changes is not None:
+            self._touch(client_order_id)
         if not order.status.is_final:
             self._working[client_order_id] = order
             return
         self._working.pop(client_order_id, None)
         self._triggered.discard(client_order_id)
         self._protection_applied.discard(client_order_id)
+        self._trail.pop(client_order_id, None)
         self._final.pop(client_order_id, None)
         self._final[client_order_id] = order
         while len(self._final) > _FINAL_HISTORY:

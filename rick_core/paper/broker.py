@@ -18,9 +18,36 @@ Options (``[brokers.<name>]`` with ``kind = "paper"``), all optional:
 ``instrument_fees``    table of symbol -> fee rate, overriding ``fees``
 ``slippage``           fraction of price paid on market and stop fills (default 0)
 ``maintenance_ratio``  close out when equity < ratio x margin used (default 0.5)
-``persist``            keep the account (balance, positions, working orders)
-                       between runs in ``$RICK_HOME/paper/<name>.json`` (default true)
+``persist``            keep the account (balance, positions, working orders,
+                       fills) between runs, and through a crash, in
+                       ``$RICK_HOME/paper/<name>.json`` and ``<name>.journal``
+                       (default true)
+``order_types``        the order types the broker claims and takes (default all:
+                       ``["market", "limit", "stop", "stop_limit",
+                       "trailing_stop"]``); others raise ``Unsupported``
+``time_in_force``      the times in force it claims and takes (default all:
+                       ``["gtc", "gtd", "day", "ioc", "fok"]``)
+``attached_protection``  whether orders may carry a stop loss / take profit, and
+                       have it changed (default true)
+``position_protection``  whether a position's stop loss / take profit can be set
+                       with ``replace_position_protection`` (default true)
+``fractional_quantity``  whether quantities may be fractional (default true)
 =====================  =========================================================
+
+The last five narrow what the paper venue can do, to rehearse a weaker venue:
+rick's engine emulates what a broker does not claim, and with, say,
+``order_types = ["market", "limit"]`` and ``attached_protection = false`` it
+does so against the paper broker. The broker then claims only those in its
+:class:`~rick_core.broker.Capabilities` and refuses the rest with
+``Unsupported``, as a venue lacking them would.
+
+Durability: with ``persist``, every change of the account (an order accepted,
+filled, cancelled, a trigger, a fill, a position) is appended to the journal
+before the call that made it returns or publishes it, so a process killed at
+any moment, even by ``SIGKILL``, restarts with the venue exactly as it was
+(see :mod:`rick_core.paper.journal`). Quotes are not kept: the restarted
+market brings its own, and its clock continues from the latest time the
+account saw (a venue's clock never runs backwards).
 
 The market advances lazily with trio's clock: whenever a stream or a call
 needs it, every quote due by now is generated and applied to the account
@@ -31,9 +58,7 @@ up rather than stall.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +67,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
+import attrs
+import structlog
 import trio
 
 from rick_core.broker import (
@@ -49,26 +76,49 @@ from rick_core.broker import (
     Broker,
     BrokerEvent,
     Capabilities,
+    Disconnected,
     Keep,
     NotFound,
+    TemporarilyUnavailable,
     Unsupported,
 )
 from rick_core.components import ComponentSetup
 from rick_core.model import (
     Account,
     AssetClass,
+    Fill,
     Instrument,
     Order,
     OrderRequest,
+    OrderType,
     Position,
     Quote,
+    TimeInForce,
     utc_now,
 )
 from rick_core.paper.account import PaperAccount, PaperSettings
+from rick_core.paper.journal import COMPACT_BYTES, AccountInUse, JournalError, PaperFiles
 from rick_core.paper.market import DEFAULT_UNIVERSE, QuoteSource, ReplayMarket, SimulatedMarket
 from rick_core.symbols import SeparatorSymbolMap
 
-__all__ = ["PaperBroker", "PaperOptions"]
+__all__ = ["NATIVE_CAPABILITIES", "PaperBroker", "PaperOptions"]
+
+NATIVE_CAPABILITIES = Capabilities(
+    order_types=OrderType,
+    time_in_force=TimeInForce,
+    attached_stop_loss=True,
+    attached_take_profit=True,
+    modify_order_protection=True,
+    modify_position_protection=True,
+    client_order_ids=True,
+    fractional_quantity=True,
+    short_selling=True,
+    streaming_quotes=True,
+    streaming_events=True,
+)
+"""Everything the paper venue can do; options narrow it (see the module documentation)."""
+
+log = structlog.get_logger("rick.paper")
 
 FAST_BATCH = 64
 """Quotes a stream hands out between checkpoints when ``speed = 0``."""
@@ -135,16 +185,64 @@ class PaperOptions:
             settings["instrument_fees"] = {
                 str(k): self._decimal(v, f"instrument_fees.{k}") for k, v in table.items()
             }
+        self.capabilities = self._capabilities(raw)
         if raw:
             raise ValueError(
                 f"{self._where}: unknown option(s) {', '.join(sorted(raw))}; the paper broker "
                 "takes seed, interval, speed, instruments, replay, loop, currency, balance, "
-                "leverage, fees, instrument_fees, slippage, maintenance_ratio, persist"
+                "leverage, fees, instrument_fees, slippage, maintenance_ratio, persist, "
+                "order_types, time_in_force, attached_protection, position_protection, "
+                "fractional_quantity"
             )
         try:
             self.settings = PaperSettings(**settings)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{self._where}: {exc}") from None
+
+    def _capabilities(self, raw: dict[str, Any]) -> Capabilities:
+        """The capabilities the options leave the paper venue (all by default)."""
+        native = NATIVE_CAPABILITIES
+        order_types = self._names(
+            raw.pop("order_types", None), "order_types", OrderType, native.order_types
+        )
+        time_in_force = self._names(
+            raw.pop("time_in_force", None), "time_in_force", TimeInForce, native.time_in_force
+        )
+        attached = self._bool(raw.pop("attached_protection", True), "attached_protection")
+        position = self._bool(raw.pop("position_protection", True), "position_protection")
+        fractional = self._bool(raw.pop("fractional_quantity", True), "fractional_quantity")
+        return attrs.evolve(
+            native,
+            order_types=order_types,
+            time_in_force=time_in_force,
+            attached_stop_loss=attached,
+            attached_take_profit=attached,
+            modify_order_protection=attached,
+            modify_position_protection=position,
+            fractional_quantity=fractional,
+        )
+
+    def _names(
+        self, value: object, key: str, kind: type[OrderType | TimeInForce], native: frozenset[Any]
+    ) -> frozenset[Any]:
+        """A list of enum values (``["market", "limit"]``) among ``native``."""
+        allowed = ", ".join(repr(m.value) for m in kind if m in native)
+        if value is None:
+            return native
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._fail(key, f"a list of names among {allowed}", value)
+        if not value:
+            raise ValueError(f"{self._where}: {key} must name at least one of {allowed}")
+        chosen = set()
+        for name in value:
+            try:
+                member = kind(name.lower())
+            except ValueError:
+                raise ValueError(
+                    f"{self._where}: {key}: unknown name {name!r}; the paper broker takes {allowed}"
+                ) from None
+            chosen.add(member)
+        return frozenset(chosen)
 
     def _fail(self, key: str, expected: str, value: object) -> NoReturn:
         raise ValueError(f"{self._where}: {key} must be {expected}, got {value!r}")
@@ -196,25 +294,19 @@ class PaperOptions:
 class PaperBroker(Broker):
     """A simulated venue that behaves like a live one through the Broker interface."""
 
-    capabilities = Capabilities(
-        order_types={"market", "limit", "stop"},
-        time_in_force={"gtc", "gtd", "day", "ioc", "fok"},
-        attached_stop_loss=True,
-        attached_take_profit=True,
-        modify_order_protection=True,
-        modify_position_protection=True,
-        client_order_ids=True,
-        fractional_quantity=True,
-        short_selling=True,
-        streaming_quotes=True,
-        streaming_events=True,
-    )
+    capabilities = NATIVE_CAPABILITIES  # each broker's own: narrowed by its options
 
     def __init__(self, setup: ComponentSetup) -> None:
         self.name = setup.name
         self.options = PaperOptions(setup)
+        self.capabilities = self.options.capabilities
         self.symbols = SeparatorSymbolMap("_")
-        self._state_path = setup.home / "paper" / f"{setup.name}.json"
+        self._files: PaperFiles | None = (
+            PaperFiles(setup.home / "paper", setup.name) if self.options.persist else None
+        )
+        self._journal: PaperFiles | None = None  # the files, once open for appending
+        self._journal_failed = False
+        self._locked = False  # this broker took the account's lock
         self._market: QuoteSource | None = None
         self._account: PaperAccount | None = None
         self._t0 = 0.0
@@ -227,65 +319,144 @@ class PaperBroker(Broker):
 
     async def connect(self) -> None:
         await trio.lowlevel.checkpoint()
-        opts = self.options
-        self._start = utc_now()
-        self._t0 = trio.current_time()
-        market: QuoteSource
-        if opts.replay is not None:
-            market = ReplayMarket.from_file(
-                opts.replay, start=self._start, source=self.name, loop=opts.loop
-            )
-        else:
-            market = SimulatedMarket(
-                opts.specs,
-                seed=opts.seed,
-                interval=opts.interval,
-                start=self._start,
-                source=self.name,
-            )
+        start = utc_now()
+        market = self._make_market(start)
         instruments = list(market.instruments.values())
         account = None
-        if opts.persist and self._state_path.exists():
-            account = self._restore(instruments)
+        files = self._files
+        if files is not None:
+            try:
+                files.lock()
+            except AccountInUse as exc:
+                raise TemporarilyUnavailable(str(exc), broker=self.name) from None
+            self._locked = True
+            account = self._restore(files, instruments)
         if account is None:
-            account = PaperAccount(self.name, opts.settings, instruments)
+            account = PaperAccount(self.name, self.options.settings, instruments)
+        latest = account.last_activity()
+        if latest is not None and latest > start:
+            # The restored venue saw later times (a fast simulated clock): its clock
+            # goes on from there, it never runs backwards.
+            start = latest
+            market = self._make_market(start)
+        self._start = start
+        self._t0 = trio.current_time()
+        if files is not None:
+            try:
+                files.compact(account.snapshot())  # the journal starts empty after it
+            except OSError as exc:
+                raise TemporarilyUnavailable(
+                    f"the paper venue cannot write its account to {files.snapshot_path} ({exc})",
+                    broker=self.name,
+                ) from None
+            account.track_changes()
+            self._journal = files
+            self._journal_failed = False
+        self._market = market
+        self._account = account
         for symbol in market.instruments:
             quote = market.current(symbol)
             if quote is not None:
-                self._publish(account.on_quote(quote))
-        self._market = market
-        self._account = account
+                self._commit(account, account.on_quote(quote))
+
+    def _make_market(self, start: datetime) -> QuoteSource:
+        opts = self.options
+        if opts.replay is not None:
+            return ReplayMarket.from_file(
+                opts.replay, start=start, source=self.name, loop=opts.loop
+            )
+        return SimulatedMarket(
+            opts.specs, seed=opts.seed, interval=opts.interval, start=start, source=self.name
+        )
 
     async def close(self) -> None:
-        if self._account is not None and self.options.persist:
-            self._save(self._account)
+        journal, account = self._journal, self._account
+        self._journal = None
         self._account = None
         self._market = None
         for sub in (*self._quote_subs, *self._event_subs):
             sub.push(None)
+        if journal is not None:
+            try:
+                if account is not None:
+                    journal.compact(account.snapshot())
+            except OSError as exc:
+                # Never raised from close(): the journal still holds every change
+                # (unless it could not be written either, which was raised then).
+                log.warning(
+                    "the paper venue could not write its snapshot at close; the journal "
+                    "keeps its changes for the next start",
+                    broker=self.name,
+                    snapshot=str(journal.snapshot_path),
+                    error=str(exc),
+                )
+            finally:
+                journal.close()
+        if self._locked and self._files is not None:
+            self._files.unlock()
+            self._locked = False
 
-    def _restore(self, instruments: list[Instrument]) -> PaperAccount:
+    def _restore(self, files: PaperFiles, instruments: list[Instrument]) -> PaperAccount | None:
+        """The saved account with its journal replayed, None when nothing was saved."""
+        path = files.snapshot_path
         try:
-            data = json.loads(self._state_path.read_text("utf-8"))
-            return PaperAccount.restore(self.name, self.options.settings, instruments, data)
+            data, records = files.load()
+            if data is None:
+                return None
+            account = PaperAccount.restore(self.name, self.options.settings, instruments, data)
+        except JournalError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(
-                f"{self._state_path}: the saved paper account cannot be read ({exc}); move the "
+                f"{path}: the saved paper account cannot be read ({exc}); move the "
                 "file away to start a fresh paper account, or set persist = false"
             ) from None
+        for number, record in records:
+            try:
+                account.apply_changes(record)
+            except ValueError as exc:
+                raise JournalError(
+                    f"{files.journal_path}:{number}: {exc}; the paper account cannot be "
+                    "restored without guessing: move the journal and the snapshot away to "
+                    "start a fresh paper account"
+                ) from None
+        return account
 
-    def _save(self, account: PaperAccount) -> None:
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self._state_path.with_suffix(".tmp")
-        temp.write_text(json.dumps(account.snapshot(), indent=1), "utf-8")
-        os.replace(temp, self._state_path)  # atomic: never a half-written account
+    def _commit(self, account: PaperAccount, events: Sequence[BrokerEvent]) -> None:
+        """Journal the last operation's changes, then publish its events (also when
+        the journal cannot be written: the venue did change, in memory)."""
+        try:
+            self._record(account)
+        finally:
+            self._publish(events)
+
+    def _record(self, account: PaperAccount) -> None:
+        """Journal what the last operation changed, before anyone hears of it."""
+        journal = self._journal
+        if journal is None or not account.has_changes:
+            return
+        try:
+            if self._journal_failed:
+                journal.compact(account.snapshot())  # the whole state: nothing is lost
+                account.take_changes()
+                self._journal_failed = False
+                return
+            record = account.take_changes()
+            assert record is not None
+            journal.append(record)
+            if journal.size > COMPACT_BYTES:
+                journal.compact(account.snapshot())
+        except OSError as exc:
+            self._journal_failed = True  # the next change writes a whole snapshot
+            raise TemporarilyUnavailable(
+                f"the paper venue cannot write its journal {journal.journal_path} ({exc})",
+                broker=self.name,
+            ) from None
 
     # -- the simulated clock -------------------------------------------------
 
     def _live(self) -> tuple[QuoteSource, PaperAccount]:
         if self._market is None or self._account is None:
-            from rick_core.broker import Disconnected
-
             raise Disconnected("the paper broker is not connected", broker=self.name)
         return self._market, self._account
 
@@ -322,8 +493,12 @@ class PaperBroker(Broker):
             self._last_quote_time = quote.time
             count += 1
             events = account.on_quote(quote)
-            if events:
-                self._publish(events)
+            try:
+                if account.has_changes:
+                    self._record(account)
+            finally:
+                if events:
+                    self._publish(events)
             for sub in self._quote_subs:
                 if sub.instruments is None or quote.instrument in sub.instruments:
                     sub.push(quote)
@@ -348,7 +523,7 @@ class PaperBroker(Broker):
         if reason is not None:
             raise Unsupported(reason, broker=self.name)
         order, events = account.submit(request, self.now())
-        self._publish(events)
+        self._commit(account, events)
         return order
 
     async def cancel_order(self, order: Order) -> Order:
@@ -356,7 +531,7 @@ class PaperBroker(Broker):
         self._catch_up()
         _, account = self._live()
         result, events = account.cancel(order.client_order_id, self.now())
-        self._publish(events)
+        self._commit(account, events)
         return result
 
     async def replace_order_protection(
@@ -367,12 +542,14 @@ class PaperBroker(Broker):
         take_profit: Decimal | Keep | None = KEEP,
     ) -> Order:
         await trio.lowlevel.checkpoint()
+        if not self.capabilities.modify_order_protection:
+            raise Unsupported("changing an order's protection is not supported", broker=self.name)
         self._catch_up()
         _, account = self._live()
         result, events = account.replace_order_protection(
             order.client_order_id, stop_loss=stop_loss, take_profit=take_profit, now=self.now()
         )
-        self._publish(events)
+        self._commit(account, events)
         return result
 
     async def replace_position_protection(
@@ -383,11 +560,17 @@ class PaperBroker(Broker):
         take_profit: Decimal | Keep | None = KEEP,
     ) -> Position:
         await trio.lowlevel.checkpoint()
+        if not self.capabilities.modify_position_protection:
+            raise Unsupported(
+                "a position's stop loss / take profit is not supported", broker=self.name
+            )
         self._catch_up()
         _, account = self._live()
-        return account.replace_position_protection(
+        position = account.replace_position_protection(
             instrument, stop_loss=stop_loss, take_profit=take_profit, now=self.now()
         )
+        self._record(account)
+        return position
 
     async def get_order(self, client_order_id: str) -> Order:
         self._catch_up()
@@ -396,6 +579,10 @@ class PaperBroker(Broker):
     async def open_orders(self, instrument: str | None = None) -> list[Order]:
         self._catch_up()
         return self._live()[1].open_orders(instrument)
+
+    async def fills(self, since: datetime) -> list[Fill]:
+        self._catch_up()
+        return self._live()[1].fills(since)
 
     # -- account -------------------------------------------------------------
     # Reads answer from memory without yielding to the scheduler: the engine

@@ -68,6 +68,14 @@ QUOTES_TO_COLLECT = 3
 TAG = "rick-conformance"
 """The ``tag`` of every order the suite places."""
 
+FILLS_LOOKBACK = timedelta(minutes=10)
+"""How long before placing its order the fills test asks ``fills(since=...)`` from:
+room for a venue clock that runs behind the local one."""
+
+FILLS_AFTER = timedelta(seconds=1)
+"""How long after its order's last fill the fills test expects ``fills()`` to be empty
+of it (room for a venue that stores times at a coarser precision)."""
+
 
 # ---------------------------------------------------------------------------
 # the target
@@ -205,7 +213,9 @@ def _check_order(order: object, request: OrderRequest, broker: Broker) -> Order:
     assert order.broker == broker.name, (
         f"order.broker must be the broker's name {broker.name!r}, got {order.broker!r}"
     )
-    assert order.status is not OrderStatus.NEW, "a venue's order is never PENDING"
+    assert order.status is not OrderStatus.NEW, (
+        "a venue's order is never NEW (that state is rick's alone)"
+    )
     _check_decimal(order.request.quantity, "order.request.quantity")
     _check_decimal(order.filled_quantity, "order.filled_quantity")
     if order.average_fill_price is not None:
@@ -236,6 +246,31 @@ def _check_fill(fill: Fill, request: OrderRequest, broker: Broker) -> None:
     for name in ("quantity", "price", "fee"):
         _check_decimal(getattr(fill, name), f"fill.{name}")
     _check_time(fill.time, "fill.time")
+
+
+def _check_fills_since(found: object, since: datetime, broker: Broker) -> None:
+    """``found`` is what ``fills(since)`` may return: Fills of this broker at or
+    after ``since``, oldest first, each id once."""
+    assert isinstance(found, list), f"fills() must return a list, got {found!r}"
+    seen: set[str] = set()
+    previous: datetime | None = None
+    for fill in found:
+        assert isinstance(fill, Fill), f"fills() must return Fill objects, got {fill!r}"
+        assert fill.broker == broker.name, (
+            f"fill.broker must be the broker's name {broker.name!r}, got {fill.broker!r}"
+        )
+        _check_time(fill.time, "fill.time")
+        assert fill.time >= since, (
+            f"fills(since={since.isoformat()}) returned a fill of {fill.time.isoformat()}, "
+            f"before since: {fill}"
+        )
+        assert previous is None or fill.time >= previous, (
+            f"fills() must list oldest first: {fill.fill_id} at {fill.time.isoformat()} comes "
+            f"after a fill at {previous.isoformat()}"
+        )
+        assert fill.fill_id not in seen, f"fills() lists fill {fill.fill_id!r} twice"
+        seen.add(fill.fill_id)
+        previous = fill.time
 
 
 def _error_texts(error: BaseException) -> Iterator[str]:
@@ -467,6 +502,24 @@ class _Session:
         with self.within(f"place_order({request.type.value} {request.side.value})"):
             return await self.broker.place_order(request)
 
+    async def place_and_collect_fills(self, request: OrderRequest) -> list[Fill] | None:
+        """Place ``request`` (meant to fill at once) and return its fills as
+        ``stream_events()`` delivered them; None without streaming events."""
+        broker = self.broker
+        if not broker.capabilities.streaming_events:
+            await self.place(request)
+            return None
+        fills: list[Fill] = []
+        async with broker.stream_events() as events, _closing(events):
+            await self.place(request)
+            with self.within(f"the fills of {request.client_order_id} on stream_events()"):
+                async for event in events:
+                    if isinstance(event, Fill) and event.client_order_id == request.client_order_id:
+                        fills.append(event)
+                        if sum(f.quantity for f in fills) >= request.quantity:
+                            break
+        return fills
+
     def market(self, side: Side, quantity: Decimal | None = None) -> OrderRequest:
         return OrderRequest(
             instrument=self.target.instrument,
@@ -563,7 +616,7 @@ class _Session:
             )
 
         where = f"open_orders({instrument})" if instrument else "open_orders()"
-        order = await self.eventually(probe, f"{where} to list order {client_order_id} as OPEN")
+        order = await self.eventually(probe, f"{where} to list order {client_order_id} as ACCEPTED")
         assert order is not None
         return order
 
@@ -787,6 +840,78 @@ class BrokerConformance:
             _check_order(await session.place(sell), sell, session.broker)
             await session.eventually(session.flat, f"the position in {target.instrument} to close")
 
+    async def test_fills_since_returns_the_fills_of_an_order(
+        self, rick_broker_target: BrokerTarget
+    ) -> None:
+        target = _check_target(rick_broker_target)
+        async with _Session(target) as session:
+            broker = session.broker
+            await session.require_flat()
+            before = utc_now() - FILLS_LOOKBACK
+            buy, sell = session.market(Side.BUY), session.market(Side.SELL)
+            streamed = await session.place_and_collect_fills(buy)
+            await session.holding(target.quantity)
+            streamed_sell = await session.place_and_collect_fills(sell)
+            if streamed is not None and streamed_sell is not None:
+                streamed += streamed_sell
+            await session.eventually(session.flat, f"the position in {target.instrument} to close")
+            ours = {buy.client_order_id: buy, sell.client_order_id: sell}
+
+            def of(fills: list[Fill], request: OrderRequest) -> list[Fill]:
+                return [f for f in fills if f.client_order_id == request.client_order_id]
+
+            async def probe() -> tuple[bool, list[Fill]]:
+                with session.within("fills()"):
+                    found = await broker.fills(before)
+                assert isinstance(found, list), f"fills() must return a list, got {found!r}"
+                done = all(
+                    sum((f.quantity for f in of(found, r)), Decimal(0)) >= r.quantity
+                    for r in (buy, sell)
+                )
+                return done, found
+
+            what = "fills(since=before the orders) to list the fills of the suite's buy and sell"
+            found = await session.eventually(probe, what)
+            _check_fills_since(found, before, broker)
+            mine = [f for f in found if f.client_order_id in ours]
+            for request in (buy, sell):
+                for fill in of(found, request):
+                    _check_fill(fill, request, broker)
+                total = sum(f.quantity for f in of(found, request))
+                assert total == request.quantity, (
+                    f"fills() lists fills of {request.client_order_id} adding up to {total}, "
+                    f"not {request.quantity}"
+                )
+            if streamed is not None:
+                listed = {f.fill_id: f for f in mine}
+                for fill in streamed:
+                    again = listed.get(fill.fill_id)
+                    assert again is not None, (
+                        f"fill {fill.fill_id!r} of stream_events() is not in fills() (which has "
+                        f"{sorted(listed)}): the engine deduplicates by fill id, so both must "
+                        "carry the venue's same id"
+                    )
+                    assert (again.quantity, again.price) == (fill.quantity, fill.price), (
+                        f"fill {fill.fill_id!r} differs between stream_events() ({fill}) and "
+                        f"fills() ({again})"
+                    )
+            latest = max(f.time for f in mine)
+            with session.within("fills(since=the time of the last fill)"):
+                at = await broker.fills(latest)
+            _check_fills_since(at, latest, broker)
+            assert any(f.client_order_id in ours and f.time == latest for f in at), (
+                f"fills(since={latest.isoformat()}) must include the fill made at that time "
+                "(fills at or after since)"
+            )
+            after = latest + FILLS_AFTER
+            with session.within("fills(since=after the last fill)"):
+                later = await broker.fills(after)
+            _check_fills_since(later, after, broker)
+            stale = [f for f in later if f.client_order_id in ours]
+            assert not stale, (
+                f"fills(since={after.isoformat()}) lists fills made before that time: {stale}"
+            )
+
     async def test_account(self, rick_broker_target: BrokerTarget) -> None:
         target = _check_target(rick_broker_target)
         async with _Session(target) as session:
@@ -917,6 +1042,21 @@ class BrokerConformance:
                 case("a limit order", side=Side.BUY, type=OrderType.LIMIT, limit_price=below)
             if OrderType.STOP not in capabilities.order_types:
                 case("a stop order", side=Side.BUY, type=OrderType.STOP, stop_price=above)
+            if OrderType.STOP_LIMIT not in capabilities.order_types:
+                case(
+                    "a stop-limit order",
+                    side=Side.BUY,
+                    type=OrderType.STOP_LIMIT,
+                    stop_price=above,
+                    limit_price=above,
+                )
+            if OrderType.TRAILING_STOP not in capabilities.order_types:
+                case(
+                    "a trailing stop order",
+                    side=Side.BUY,
+                    type=OrderType.TRAILING_STOP,
+                    trail_percent=Decimal(1),
+                )
             for tif in TimeInForce:
                 if tif not in capabilities.time_in_force:
                     expire = utc_now() + timedelta(days=1) if tif is TimeInForce.GTD else None
