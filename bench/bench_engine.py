@@ -36,7 +36,7 @@ from rick_core.logs import configure_logging
 from rick_core.model import Fill, Order, Quote, utc_now
 from rick_core.paper.broker import PaperBroker
 from rick_core.paper.market import DEFAULT_UNIVERSE, SimulatedMarket
-from rick_core.security.audit import AuditLog, AuditTrail
+from rick_core.security.audit import AUDIT_GATHER, AuditLog, AuditTrail
 from rick_core.store import Store
 from rick_core.strategy import Strategy, StrategySetup
 
@@ -129,7 +129,11 @@ async def round_trips(folder: Path, n: int, audited: bool = False, risk: bool = 
     strategy = PingPong(StrategySetup(name="bench", broker="paper", instruments=()), n)
     name = ("audited" if audited else "rick") + ("-risk" if risk else "")
     audit_log = AuditLog.open(folder / f"{name}-audit.db") if audited else None
-    trail = AuditTrail(audit_log, inline_batch=0, gather=0.002) if audit_log is not None else None
+    trail = (
+        AuditTrail(audit_log, inline_batch=0, gather=AUDIT_GATHER)
+        if audit_log is not None
+        else None
+    )
     with Store.open(folder / f"{name}.db") as store:
         # 20 quotes/s: enough touch size for every order (each quote's size can be
         # taken once), few enough that quotes cost the order path nothing.

@@ -50,7 +50,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
     from rick_core.engine.status import StatusLine, show_status
     from rick_core.logs import close_logging, configure_logging, redact
     from rick_core.plugins import ComponentInvalid, ComponentMissing
-    from rick_core.security.audit import AuditTrail
+    from rick_core.security.audit import AUDIT_GATHER, AuditTrail
     from rick_core.store import Store, StoreError
 
     config = load_config_or_exit(config_path)
@@ -84,7 +84,7 @@ def run(config_path: Path | None, duration: float | None, drain_timeout: float) 
                 # Every batch appended in a worker thread: the audit log syncs each
                 # commit to disk, and the event loop must not wait for that.
                 trail = AuditTrail(
-                    audit_log, _audit_sinks(config, plugins), inline_batch=0, gather=0.002
+                    audit_log, _audit_sinks(config, plugins), inline_batch=0, gather=AUDIT_GATHER
                 )
                 engine = Engine.from_config(
                     config,
