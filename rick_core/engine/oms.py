@@ -1,21 +1,27 @@
 """The order manager: the one path every order takes, and the one writer of
 order state.
 
-An order is written to the store (status ``pending``) before it is sent, and
+An order is written to the store (status ``new``) before it is sent, and
 every fill is written before anyone hears of it. Order state changes without
 a fill (an acknowledgement, a cancel) are written with the next write, or
 within :data:`FLUSH_DELAY` seconds: grouping them halves the commits on the
 order path, and a crash in between loses nothing the venue does not know: the
-venue holds the truth, and reconciling the store with it on start (issue #5,
-not built yet) recovers it.
-Updates never move an order backwards: a venue's late or repeated message
-(an ``open`` after the ``filled``, a fill seen twice) changes nothing.
+venue holds the truth, and reconciliation (:mod:`rick_core.engine.reconcile`)
+recovers it on the next connect.
+Every reported state is judged by the order state machine
+(:mod:`rick_core.orderstate`): a venue's late or repeated message (an
+``accepted`` after the ``filled``, a fill seen twice) changes nothing, and a
+move the machine does not allow is refused and logged.
 
-Order states after an interruption (see :meth:`OrderManager.submit`):
-``pending`` never survives a send that started. An order whose send was
-interrupted, or whose outcome the venue did not tell us (a timeout), is left
-``submitted`` with a reason, to be reconciled with the venue on the next
-start; an order that was never sent is ``rejected`` with a reason.
+Order states after an interruption (see :meth:`OrderManager.submit`): an
+order whose send was interrupted, or whose outcome the venue did not tell us
+(a timeout, a lost connection), is ``unknown`` and looked up at the venue by
+client order id, never sent again; an order that was never sent is
+``rejected`` with a reason. A ``new`` order left by a crash is resolved by
+reconciliation the same way.
+
+Orders a venue cannot take natively (trigger orders, attached protection) and
+OCO pairs are run by the :class:`~rick_core.engine.emulation.Emulator`.
 """
 
 from __future__ import annotations
