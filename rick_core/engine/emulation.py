@@ -321,6 +321,12 @@ class Emulator:
         self._partner[first] = second
         self._partner[second] = first
 
+    def unlink(self, client_order_id: str) -> None:
+        """Undo :meth:`link` (the first leg could not be placed)."""
+        partner = self._partner.pop(client_order_id, None)
+        if partner is not None:
+            self._partner.pop(partner, None)
+
     def voided(self, client_order_id: str) -> str | None:
         """Why an OCO leg not yet sent must not be sent (its partner ended first)."""
         return self._voided.pop(client_order_id, None)

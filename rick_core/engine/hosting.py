@@ -334,8 +334,13 @@ class StrategyRunner:
         for request in (first, second):
             if request.type is OrderType.MARKET:
                 raise ValueError("an OCO pair is two resting orders (limit, stop ...), not market")
-        self._oms.emulator.link(first.client_order_id, second.client_order_id)
-        a = await self.place(first)
+        emulator = self._oms.emulator
+        emulator.link(first.client_order_id, second.client_order_id)
+        try:
+            a = await self.place(first)
+        except BaseException:
+            emulator.unlink(first.client_order_id)  # the pair never formed: send no leg
+            raise
         b = await self.place(second)
         return a, b
 
