@@ -4,6 +4,7 @@ before it happens; every wrong PIN too."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,10 +306,10 @@ def _prompt(text: str) -> str:
 
 
 def _stdin_reader() -> Callable[[str], str]:
-    stream = click.get_text_stream("stdin")
+    stream = sys.stdin
 
     def read(what: str) -> str:
-        line = stream.readline()
+        line: str = stream.readline()
         if not line:
             raise click.ClickException(f"--pin-stdin: no line with {what} on stdin")
         return line.rstrip("\r\n")
