@@ -24,7 +24,7 @@ import random
 import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -406,7 +406,7 @@ class Engine:
         self.home = home
         self.halted: TradingSwitch | None = None
         """Set while `rick halt` is in force: no new orders, open ones canceled."""
-        self._day_start: dict[str, tuple[str, Decimal]] = {}  # broker -> (UTC date, equity)
+        self._day_start: dict[str, tuple[date, Decimal]] = {}  # broker -> (UTC date, equity)
         self.modes = modes
         if modes is not None:  # ghost mode wraps real brokers; canary counts today's orders
             brokers = modes.prepare(brokers, store=store)
@@ -862,13 +862,15 @@ class Engine:
             price = quote.price_for(request.side)
         instrument = service.instruments.get(request.instrument)
         account = service.account
+        # The venue's clock (a simulated broker keeps its own), as strategies see it.
+        now = service.clock()
         rate = Decimal(1)
         daily_pnl = Decimal(0)
         if account is not None:
             quote_currency = instrument.quote_currency if instrument else account.currency
             rate = EngineAudit.rate(service, quote_currency, account.currency) or Decimal(1)
-            today = utc_now().date().isoformat()
-            day, start = self._day_start.get(order.broker, ("", account.equity))
+            today = now.date()
+            day, start = self._day_start.get(order.broker, (None, account.equity))
             if day != today:  # the first look of a UTC day sets its starting equity
                 self._day_start[order.broker] = (today, account.equity)
                 start = account.equity
@@ -882,8 +884,7 @@ class Engine:
             open_positions=len(service.positions),
             daily_pnl=daily_pnl,
             rate_to_account=rate,
-            # The venue's clock (a simulated broker keeps its own), as strategies see it.
-            now=service.clock(),
+            now=now,
         )
 
     def _dispatch(self, owner: str | None, event: Order | Fill) -> None:
