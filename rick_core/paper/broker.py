@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -135,6 +135,47 @@ class _Subscriber:
     def push(self, item: Any) -> None:
         self.queue.append(item)
         self.wakeup.set()
+
+
+class EventFeed:
+    """The order events of a simulated account, fanned out to every subscriber
+    of ``stream_events`` in the order published (the paper and ghost brokers)."""
+
+    def __init__(self) -> None:
+        self._subs: list[_Subscriber] = []
+
+    def publish(self, events: Sequence[BrokerEvent]) -> None:
+        for sub in self._subs:
+            for event in events:
+                sub.push(event)
+
+    def end(self) -> None:
+        """End every subscriber's stream (the broker closed)."""
+        for sub in self._subs:
+            sub.push(None)
+
+    @asynccontextmanager
+    async def stream(self) -> AsyncIterator[AsyncIterator[BrokerEvent]]:
+        sub = _Subscriber(None)
+        self._subs.append(sub)
+        events = self._events(sub)
+        try:
+            yield events
+        finally:
+            self._subs.remove(sub)
+            await events.aclose()
+
+    @staticmethod
+    async def _events(sub: _Subscriber) -> AsyncGenerator[BrokerEvent, None]:
+        queue = sub.queue
+        while True:
+            while queue:
+                event = queue.popleft()
+                if event is None:
+                    return
+                yield event
+            sub.wakeup = trio.Event()
+            await sub.wakeup.wait()
 
 
 class PaperOptions:
@@ -313,7 +354,7 @@ class PaperBroker(Broker):
         self._start = utc_now()
         self._last_quote_time: datetime | None = None
         self._quote_subs: list[_Subscriber] = []
-        self._event_subs: list[_Subscriber] = []
+        self._feed = EventFeed()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -374,8 +415,9 @@ class PaperBroker(Broker):
         self._journal = None
         self._account = None
         self._market = None
-        for sub in (*self._quote_subs, *self._event_subs):
+        for sub in self._quote_subs:
             sub.push(None)
+        self._feed.end()
         if journal is not None:
             try:
                 if account is not None:
@@ -509,9 +551,7 @@ class PaperBroker(Broker):
             self._advance()
 
     def _publish(self, events: Sequence[BrokerEvent]) -> None:
-        for sub in self._event_subs:
-            for event in events:
-                sub.push(event)
+        self._feed.publish(events)
 
     # -- orders --------------------------------------------------------------
 
@@ -668,25 +708,6 @@ class PaperBroker(Broker):
             with trio.move_on_at(self._due_at(due)):
                 await sub.wakeup.wait()
 
-    @asynccontextmanager
-    async def stream_events(self) -> AsyncIterator[AsyncIterator[BrokerEvent]]:
+    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent]]:
         self._live()
-        sub = _Subscriber(None)
-        self._event_subs.append(sub)
-        events = self._events(sub)
-        try:
-            yield events
-        finally:
-            self._event_subs.remove(sub)
-            await events.aclose()
-
-    async def _events(self, sub: _Subscriber) -> AsyncGenerator[BrokerEvent, None]:
-        queue = sub.queue
-        while True:
-            while queue:
-                event = queue.popleft()
-                if event is None:
-                    return
-                yield event
-            sub.wakeup = trio.Event()
-            await sub.wakeup.wait()
+        return self._feed.stream()

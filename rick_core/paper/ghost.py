@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -57,6 +57,7 @@ from rick_core.model import (
     utc_now,
 )
 from rick_core.paper.account import PaperAccount, PaperSettings
+from rick_core.paper.broker import EventFeed
 
 __all__ = ["GHOST_ID_PREFIX", "GHOST_REJECT_PREFIX", "GhostBroker", "is_ghost_order"]
 
@@ -73,18 +74,6 @@ def is_ghost_order(order: Order) -> bool:
     return (order.venue_order_id or "").startswith(GHOST_ID_PREFIX) or (
         order.reject_reason or ""
     ).startswith(GHOST_REJECT_PREFIX)
-
-
-class _Subscriber:
-    __slots__ = ("queue", "wakeup")
-
-    def __init__(self) -> None:
-        self.queue: deque[BrokerEvent | None] = deque()
-        self.wakeup = trio.Event()
-
-    def push(self, item: BrokerEvent | None) -> None:
-        self.queue.append(item)
-        self.wakeup.set()
 
 
 class GhostBroker(Broker):
@@ -109,7 +98,7 @@ class GhostBroker(Broker):
         self._account: PaperAccount | None = None
         self._instruments: dict[str, Instrument] = {}
         self._streaming: Counter[str] = Counter()
-        self._event_subs: list[_Subscriber] = []
+        self._events = EventFeed()
         self._run = secrets.token_hex(4)  # fill ids stay unique across runs
 
     @property
@@ -139,8 +128,7 @@ class GhostBroker(Broker):
         try:
             self._save()
         finally:
-            for sub in self._event_subs:
-                sub.push(None)
+            self._events.end()
             await self.real.close()
 
     async def _settings_from_real(self) -> PaperSettings:
@@ -328,27 +316,9 @@ class GhostBroker(Broker):
     async def account(self) -> Account:
         return self._live().account(self.now())
 
-    @asynccontextmanager
-    async def stream_events(self) -> AsyncIterator[AsyncIterator[BrokerEvent]]:
+    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent]]:
         self._live()
-        sub = _Subscriber()
-        self._event_subs.append(sub)
-        events = self._events(sub)
-        try:
-            yield events
-        finally:
-            self._event_subs.remove(sub)
-            await events.aclose()
-
-    async def _events(self, sub: _Subscriber) -> AsyncGenerator[BrokerEvent, None]:
-        while True:
-            while sub.queue:
-                event = sub.queue.popleft()
-                if event is None:
-                    return
-                yield event
-            sub.wakeup = trio.Event()
-            await sub.wakeup.wait()
+        return self._events.stream()
 
     # -- marking -------------------------------------------------------------
 
@@ -356,9 +326,7 @@ class GhostBroker(Broker):
         if not events:
             return
         marked = [self._mark(e) if isinstance(e, Order) else self._mark_fill(e) for e in events]
-        for sub in self._event_subs:
-            for event in marked:
-                sub.push(event)
+        self._events.publish(marked)
 
     def _mark(self, order: Order) -> Order:
         venue_id = order.venue_order_id
