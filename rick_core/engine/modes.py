@@ -39,7 +39,6 @@ import fcntl
 import hmac
 import json
 import os
-import secrets
 import tempfile
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -51,6 +50,13 @@ from attrs import frozen
 
 from rick_core.engine.risk import ReasonCode, RiskDenied
 from rick_core.model import Order, OrderStatus, to_utc, utc_now
+from rick_core.security.kdf import (
+    DEFAULT_SCRYPT,
+    ScryptParams,
+    check_scrypt,
+    new_scrypt,
+    scrypt_derive,
+)
 
 if TYPE_CHECKING:
     from rick_core.broker import Broker
@@ -299,13 +305,8 @@ def write_mode(
 # the PIN
 
 
-@frozen
-class PinScrypt:
-    """scrypt cost parameters of a new PIN hash (an existing hash keeps its own)."""
-
-    n: int = 2**15
-    r: int = 8
-    p: int = 1
+PinScrypt = ScryptParams
+"""scrypt cost parameters of a new PIN hash (an existing hash keeps its own)."""
 
 
 @frozen
@@ -330,28 +331,12 @@ def check_new_pin(pin: str) -> None:
 
 
 def _derive(pin: str, kdf: Mapping[str, Any]) -> bytes:
-    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-    salt = base64.b64decode(kdf["salt"], validate=True)
-    secret = unicodedata.normalize("NFC", pin).encode("utf-8")
-    return Scrypt(salt=salt, length=_HASH_BYTES, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(secret)
+    return scrypt_derive(pin, kdf, _HASH_BYTES)
 
 
 def _check_kdf(kdf: Any) -> dict[str, Any]:
     """The kdf of a PIN file if it is one rick accepts (bounded costs), else ValueError."""
-    if not isinstance(kdf, dict) or set(kdf) != {"name", "salt", "n", "r", "p"}:
-        raise ValueError("unknown kdf")
-    n, r, p = kdf["n"], kdf["r"], kdf["p"]
-    if kdf["name"] != "scrypt" or not all(type(v) is int for v in (n, r, p)):
-        raise ValueError("unknown kdf")
-    # Bounded, so an edited file cannot make rick spend minutes or gigabytes.
-    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-        raise ValueError("scrypt parameters out of range")
-    if 128 * n * r > 2**26 or n * r * p > 2**22:
-        raise ValueError("scrypt parameters out of range")
-    if len(base64.b64decode(kdf["salt"], validate=True)) < _SALT_BYTES:
-        raise ValueError("scrypt salt too short")
-    return dict(kdf)
+    return check_scrypt(kdf, min_salt=_SALT_BYTES)
 
 
 def _read_pin(home: Path) -> tuple[dict[str, Any], bytes, PinInfo] | None:
@@ -389,19 +374,13 @@ def set_pin(
     pin: str,
     *,
     actor: str,
-    scrypt: PinScrypt = PinScrypt(),
+    scrypt: ScryptParams = DEFAULT_SCRYPT,
     now: datetime | None = None,
 ) -> PinInfo:
     """Store a new PIN as an scrypt hash with a random salt (0600). The caller has
     checked the current PIN (:func:`verify_pin`) and audited the change."""
     check_new_pin(pin)
-    kdf = {
-        "name": "scrypt",
-        "salt": base64.b64encode(secrets.token_bytes(_SALT_BYTES)).decode("ascii"),
-        "n": scrypt.n,
-        "r": scrypt.r,
-        "p": scrypt.p,
-    }
+    kdf = new_scrypt(scrypt, _SALT_BYTES)
     _check_kdf(kdf)
     info = PinInfo(set_at=to_utc(now or utc_now()), set_by=actor)
     digest = _derive(pin, kdf)

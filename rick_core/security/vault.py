@@ -50,7 +50,6 @@ import os
 import re
 import secrets
 import tempfile
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,9 +58,15 @@ from typing import Any, Final, TypeVar
 from attrs import frozen
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from rick_core.logs import register_secret
+from rick_core.security.kdf import (
+    DEFAULT_SCRYPT,
+    ScryptParams,
+    check_scrypt,
+    new_scrypt,
+    scrypt_derive,
+)
 
 __all__ = [
     "DEFAULT_SCRYPT",
@@ -155,18 +160,6 @@ class CredentialNotFound(VaultError, KeyError):
 
 
 # --------------------------------------------------------------------------- values
-
-
-@frozen
-class ScryptParams:
-    """scrypt cost parameters for a new passphrase vault (an existing vault keeps its own)."""
-
-    n: int = 2**15
-    r: int = 8
-    p: int = 1
-
-
-DEFAULT_SCRYPT: Final = ScryptParams()
 
 
 @frozen
@@ -514,13 +507,7 @@ class _KeySource:
             if self.prompt("Repeat the passphrase") != first:
                 raise VaultError("the two passphrases differ; nothing was created")
             self.passphrase = first
-        return {
-            "name": "scrypt",
-            "salt": _b64(secrets.token_bytes(_SALT_BYTES)),
-            "n": scrypt.n,
-            "r": scrypt.r,
-            "p": scrypt.p,
-        }
+        return new_scrypt(scrypt, _SALT_BYTES)
 
     def derive(self, kdf: Mapping[str, Any]) -> bytes:
         """The 32-byte key for a vault with header ``kdf``."""
@@ -542,12 +529,8 @@ class _KeySource:
                     )
                 raise self._no_key()
             self.passphrase = self.prompt(f"Passphrase of the credential vault {self.path}")
-        secret = unicodedata.normalize("NFC", self.passphrase).encode("utf-8")
-        salt = base64.b64decode(kdf["salt"])
         try:
-            return Scrypt(salt=salt, length=_KEY_BYTES, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
-                secret
-            )
+            return scrypt_derive(self.passphrase, kdf, _KEY_BYTES)
         except (MemoryError, ValueError) as exc:  # parameters this machine cannot run
             raise VaultCorrupted(
                 self.path, f"its scrypt parameters cannot be used ({type(exc).__name__})"
@@ -653,21 +636,7 @@ def _check_kdf(kdf: Any) -> dict[str, Any]:
     """The kdf header if it is one this rick accepts (bounded costs), else ValueError."""
     if kdf == {"name": "raw"}:
         return {"name": "raw"}
-    if not isinstance(kdf, dict) or set(kdf) != {"name", "salt", "n", "r", "p"}:
-        raise ValueError("unknown kdf")
-    n, r, p = kdf["n"], kdf["r"], kdf["p"]
-    if kdf["name"] != "scrypt" or not all(type(v) is int for v in (n, r, p)):
-        raise ValueError("unknown kdf")
-    # Bounded, so an edited header cannot make rick spend minutes or gigabytes.
-    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
-        raise ValueError("scrypt parameters out of range")
-    if 128 * n * r > 2**26:  # scrypt needs 128 * n * r bytes: at most 64 MiB
-        raise ValueError("scrypt parameters out of range")
-    if n * r * p > 2**22:  # the work: a few seconds at most
-        raise ValueError("scrypt parameters out of range")
-    if len(_unb64(kdf["salt"])) < 8:
-        raise ValueError("scrypt salt too short")
-    return dict(kdf)
+    return check_scrypt(kdf, min_salt=8)
 
 
 def _decrypt(path: Path, header: _Header, key: bytes) -> _Payload:
