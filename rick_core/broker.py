@@ -43,6 +43,7 @@ from rick_core.model import (
 from rick_core.symbols import SymbolMap
 
 __all__ = [
+    "HEARTBEAT",
     "KEEP",
     "AuthenticationFailed",
     "Broker",
@@ -51,6 +52,7 @@ __all__ = [
     "BrokerFactory",
     "Capabilities",
     "Disconnected",
+    "Heartbeat",
     "Keep",
     "NotFound",
     "OrderRejected",
@@ -201,6 +203,24 @@ BrokerEvent = Order | Fill
 """What :meth:`Broker.stream_events` yields: an order's new state, or an execution."""
 
 
+@frozen
+class Heartbeat:
+    """A sign of life from a stream that has nothing else to say.
+
+    A broker whose venue sends keep-alives (OANDA's ``HEARTBEAT`` lines, a
+    WebSocket heartbeat channel) yields one from :meth:`Broker.stream_quotes`
+    or :meth:`Broker.stream_events` for each, so the engine's silence watchdog
+    (see :attr:`Broker.quote_silence`) can tell a quiet market from a dead
+    connection. Consumers skip them; they carry no data.
+    """
+
+    time: datetime | None = None
+
+
+HEARTBEAT: Final = Heartbeat()
+"""The heartbeat to yield when the venue's keep-alive carries no useful time."""
+
+
 class Broker(abc.ABC):
     """A connection to one account at one venue.
 
@@ -213,6 +233,17 @@ class Broker(abc.ABC):
     name: str
     capabilities: Capabilities
     symbols: SymbolMap
+
+    quote_silence: float | None = None
+    """Seconds without any message on :meth:`stream_quotes` (quotes or
+    :class:`Heartbeat`) after which the engine judges the stream dead, closes
+    it and subscribes again. None: no watchdog (a venue that may stay silent
+    while healthy and sends no heartbeats). Set it from the venue's documented
+    heartbeat interval, with margin: OANDA heartbeats every 5 s, so 10."""
+
+    event_silence: float | None = None
+    """The same for :meth:`stream_events`, which is quiet between orders: only
+    venues that heartbeat this stream can set it."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -325,7 +356,7 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def stream_quotes(
         self, instruments: Sequence[str]
-    ) -> AbstractAsyncContextManager[AsyncIterator[Quote]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[Quote | Heartbeat]]:
         """Subscribe to quotes; the context manager is entered once subscribed.
 
         Use as ``async with broker.stream_quotes(["EUR_USD"]) as quotes:
@@ -335,12 +366,27 @@ class Broker(abc.ABC):
 
         A venue message that does not make a valid :class:`Quote` (a one-sided
         or crossed book, a zero price) is dropped and counted by the plugin,
-        never allowed to end the stream.
+        never allowed to end the stream. A venue keep-alive is yielded as a
+        :class:`Heartbeat`.
+
+        The engine subscribes once per instrument for all its consumers (the
+        union of what they want) and supervises the stream: a silence longer
+        than :attr:`quote_silence`, an error or the end of the iterator makes
+        it close the block and enter a new one, with backoff. So a plugin
+        need not reconnect by itself.
         """
 
     @abc.abstractmethod
-    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent]]:
-        """Order updates and fills of this account, as they happen, in venue order."""
+    def stream_events(
+        self,
+    ) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent | Heartbeat]]:
+        """Order updates and fills of this account, as they happen, in venue order.
+
+        May yield :class:`Heartbeat`. Supervised as :meth:`stream_quotes` is
+        (see :attr:`event_silence`); after a new subscription the engine
+        reconciles with :meth:`fills` and :meth:`open_orders`, so what the
+        venue did while the stream was down is not lost.
+        """
 
 
 class BrokerFactory(Protocol):

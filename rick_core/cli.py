@@ -53,6 +53,11 @@ CORE_COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "fills": ("rick_core.commands.fills", "fills", "List stored fills, newest last."),
     "positions": ("rick_core.commands.positions", "positions", "Show net positions from fills."),
     "pnl": ("rick_core.commands.pnl", "pnl", "Show realized P&L, fees, volume and equity."),
+    "quotes": (
+        "rick_core.commands.quotes",
+        "quotes",
+        "Show live quotes from a running rick (its WebSocket proxy).",
+    ),
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import enum
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -119,6 +120,34 @@ class CanaryConfig:
 
 
 @frozen
+class QuotesConfig:
+    """``[quotes]``: ``stale_after`` is how many seconds after its last update a
+    broker's quote of an instrument is stale: left out of the best quote, and
+    no market order is sent on it."""
+
+    stale_after: float = 15.0
+
+
+@frozen
+class ProxyConfig:
+    """``[proxy]``: the WebSocket proxy that serves quotes and order events to
+    local programs (see docs/websocket-protocol.md)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8787
+    auth_timeout: float = 5.0
+    """Seconds a new connection has to send its auth message."""
+    send_timeout: float = 10.0
+    """A client that takes nothing from the socket for this long is disconnected."""
+    buffer: int = 256
+    """Quotes buffered per client before older ones are conflated away."""
+    max_subscriptions: int = 500
+    """Instruments one connection may subscribe to (per broker, best included)."""
+    max_connections_per_key: int = 10
+
+
+@frozen
 class StoreConfig:
     """``[store]``: ``path`` of the SQLite database, relative to the rick home
     unless absolute."""
@@ -170,6 +199,8 @@ class RickConfig:
     """The ``[risk]`` table as written (checked); :func:`rick_core.engine.risk.parse_risk`
     turns it into the engine's charter."""
     store: StoreConfig = field(factory=StoreConfig)
+    quotes: QuotesConfig = field(factory=QuotesConfig)
+    proxy: ProxyConfig = field(factory=ProxyConfig)
     brokers: Mapping[str, ComponentConfig] = field(factory=dict)
     strategies: Mapping[str, StrategyConfig] = field(factory=dict)
     notifiers: Mapping[str, ComponentConfig] = field(factory=dict)
@@ -281,6 +312,8 @@ _TOP_KEYS: Final = (
     "notifiers",
     "audit_sinks",
     "canary",
+    "quotes",
+    "proxy",
 )
 _STRATEGY_KEYS: Final = ("kind", "broker", "instruments", "enabled", "params")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -311,6 +344,8 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         from rick_core.engine.risk import parse_risk
 
         parse_risk(risk, str(source) if source else DEFAULTS_SOURCE)
+    quotes = _quotes(top.table("quotes", required=False))
+    proxy = _proxy(top.table("proxy", required=False))
     brokers = _components(top, "brokers", "broker")
     strategies = {
         name: _strategy(table, brokers) for name, table in top.tables("strategies").items()
@@ -322,6 +357,8 @@ def _build(top: _Table, *, source: Path | None, home: Path) -> RickConfig:
         store=StoreConfig(path=store_path),
         audit=AuditConfig(large_trade=Decimal(large_trade)),
         canary=canary,
+        quotes=quotes,
+        proxy=proxy,
         risk=risk,
         brokers=brokers,
         strategies=strategies,
@@ -352,6 +389,46 @@ def _mode(top: _Table) -> Mode:
         )
     top.string("mode", "paper", choices=("paper", "ghost"))
     return Mode.PAPER
+
+
+def _quotes(table: _Table) -> QuotesConfig:
+    table.check_keys(("stale_after",))
+    return QuotesConfig(
+        stale_after=table.number("stale_after", QuotesConfig().stale_after, what="seconds")
+    )
+
+
+def _proxy(table: _Table) -> ProxyConfig:
+    default = ProxyConfig()
+    table.check_keys(
+        (
+            "enabled",
+            "host",
+            "port",
+            "auth_timeout",
+            "send_timeout",
+            "buffer",
+            "max_subscriptions",
+            "max_connections_per_key",
+        )
+    )
+    port = table.data.get("port", default.port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise table.error("port", "a TCP port number from 0 to 65535 (0: any free port)", port)
+    return ProxyConfig(
+        enabled=table.boolean("enabled", default.enabled),
+        host=table.string("host", default.host),
+        port=port,
+        auth_timeout=table.number("auth_timeout", default.auth_timeout, what="seconds"),
+        send_timeout=table.number("send_timeout", default.send_timeout, what="seconds"),
+        buffer=table.count("buffer", default.buffer, what="quotes per client"),
+        max_subscriptions=table.count(
+            "max_subscriptions", default.max_subscriptions, what="instruments per connection"
+        ),
+        max_connections_per_key=table.count(
+            "max_connections_per_key", default.max_connections_per_key, what="connections"
+        ),
+    )
 
 
 def _canary(table: _Table) -> CanaryConfig:
@@ -621,6 +698,25 @@ class _Table:
         expected = "a boolean (true or false, without quotes)"
         value = self._get(name, default, expected)
         if not isinstance(value, bool):
+            raise self.error(name, expected, value)
+        return value
+
+    def number(self, name: str, default: float, *, what: str) -> float:
+        """A positive, finite number (integer or decimal) of ``what``."""
+        expected = f"a positive number of {what}"
+        value = self._get(name, default, expected)
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise self.error(name, expected, value)
+        number = float(value)
+        if not (number > 0 and math.isfinite(number)):
+            raise self.error(name, expected, value)
+        return number
+
+    def count(self, name: str, default: int, *, what: str) -> int:
+        """A positive whole number of ``what``."""
+        expected = f"a positive whole number of {what}"
+        value = self._get(name, default, expected)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.error(name, expected, value)
         return value
 

@@ -45,8 +45,10 @@ import attrs
 from attrs import field, frozen
 
 __all__ = [
+    "BEST",
     "Account",
     "AssetClass",
+    "BestQuote",
     "Fill",
     "Instrument",
     "ModelError",
@@ -427,6 +429,52 @@ class Quote:
     def price_for(self, side: Side) -> Decimal:
         """The touch price a market order of ``side`` would trade at (buy at ask, sell at bid)."""
         return self.ask if side is Side.BUY else self.bid
+
+
+BEST = "best"
+"""The source of a :class:`BestQuote`, and the broker name that asks for one."""
+
+
+@frozen
+class BestQuote:
+    """The consolidated top of book of one instrument across brokers.
+
+    ``bid_brokers`` / ``ask_brokers`` are every broker at the best price (ties),
+    ``bid_broker`` / ``ask_broker`` the one chosen among them: the freshest
+    quote, then the first name. ``tightest`` is the broker whose own spread is
+    narrowest. ``stale`` names the brokers left out because their quote is
+    stale. Across venues the best bid can meet or pass the best ask
+    (``crossed``): an arbitrage, or a sign that one venue's price is off.
+    """
+
+    instrument: str
+    bid: Decimal
+    ask: Decimal
+    bid_broker: str
+    ask_broker: str
+    bid_brokers: tuple[str, ...]
+    ask_brokers: tuple[str, ...]
+    tightest: str
+    time: datetime
+    """The newest venue time among the quotes used."""
+    sources: tuple[str, ...]
+    """The brokers whose (fresh) quotes were compared."""
+    stale: tuple[str, ...] = ()
+    bid_size: Decimal | None = None
+    ask_size: Decimal | None = None
+    source: str = field(default=BEST, init=False)
+
+    @property
+    def crossed(self) -> bool:
+        return self.bid >= self.ask
+
+    @property
+    def spread(self) -> Decimal:
+        return self.ask - self.bid
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
 
 
 def _default_tif(order: OrderRequest) -> TimeInForce:

@@ -43,6 +43,7 @@ from attrs import frozen
 from rick_core.broker import KEEP, Keep
 from rick_core.model import (
     Account,
+    BestQuote,
     Fill,
     Instrument,
     Order,
@@ -248,6 +249,21 @@ class StrategyContext(Protocol):
 
     def last_quote(self, instrument: str) -> Quote | None:
         """The latest quote seen of ``instrument``, or None."""
+
+    def quote_age(self, instrument: str) -> float | None:
+        """Seconds since this broker's quote of ``instrument`` was last updated
+        (None: never). Past ``[quotes] stale_after`` it is stale, and market
+        orders wait for a fresh one."""
+
+    def best_quote(self, instrument: str) -> BestQuote | None:
+        """The best bid and ask of ``instrument`` across the running brokers
+        that quote it freshly, with who quotes them (None: no fresh quote).
+        Brokers quote it only while someone subscribes: :meth:`watch_best`."""
+
+    async def watch_best(self, *instruments: str) -> None:
+        """Keep ``instruments`` subscribed on every running broker that lists
+        them, so :meth:`best_quote` compares them all; ``on_quote`` still gets
+        only this strategy's broker."""
 
     def instrument(self, symbol: str) -> Instrument | None:
         """What the broker says about ``symbol`` (increments, minimum size), or None."""

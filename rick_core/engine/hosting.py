@@ -14,8 +14,10 @@ import structlog
 import trio
 
 from rick_core.broker import KEEP, BrokerError, Keep
+from rick_core.engine.quotes import QUOTE_BUFFER, QuoteQueue
 from rick_core.model import (
     Account,
+    BestQuote,
     Fill,
     Instrument,
     Order,
@@ -70,38 +72,31 @@ def split_quantity(
     return sizes
 
 
-QUOTE_BUFFER = 1024
-"""Quotes a strategy may fall behind by before older ones are conflated away."""
-
-
 class _Inbox:
     """Events for one strategy: order events in a FIFO (never dropped), quotes in
-    a bounded FIFO that, when full, keeps only the latest quote per instrument
-    (conflation: a slow strategy sees fresh prices, not a backlog), timers as a
-    set of due names."""
+    a :class:`~rick_core.engine.quotes.QuoteQueue` (past 1,024 behind, the latest
+    per instrument: a slow strategy sees fresh prices, not a backlog), timers as
+    a set of due names."""
 
-    __slots__ = ("_events", "_quotes", "_timers", "_wakeup", "closed", "quotes_conflated")
+    __slots__ = ("_events", "_quotes", "_timers", "_wakeup", "closed")
 
     def __init__(self) -> None:
         self._events: deque[Order | Fill] = deque()
-        self._quotes: deque[Quote] = deque()
+        self._quotes = QuoteQueue(QUOTE_BUFFER)
         self._timers: dict[str, None] = {}
         self._wakeup = trio.Event()
         self.closed = False
-        self.quotes_conflated = 0
+
+    @property
+    def quotes_conflated(self) -> int:
+        return self._quotes.skipped
 
     def put_event(self, event: Order | Fill) -> None:
         self._events.append(event)
         self._wakeup.set()
 
     def put_quote(self, quote: Quote) -> None:
-        quotes = self._quotes
-        quotes.append(quote)
-        if len(quotes) > QUOTE_BUFFER:
-            latest = {q.instrument: q for q in quotes}
-            self.quotes_conflated += len(quotes) - len(latest)
-            quotes.clear()
-            quotes.extend(sorted(latest.values(), key=lambda q: q.time))
+        self._quotes.put(quote)
         self._wakeup.set()
 
     def put_timer(self, name: str) -> None:
@@ -121,13 +116,32 @@ class _Inbox:
             if self.closed:
                 return None
             if self._quotes:
-                return self._quotes.popleft()
+                return self._quotes.pop()
             if self._timers:
                 name = next(iter(self._timers))
                 del self._timers[name]
                 return name
             self._wakeup = trio.Event()
             await self._wakeup.wait()
+
+
+class _Watch:
+    """A strategy's hold on best quotes: subscribed everywhere, delivered nowhere
+    (the strategy reads them with ``best_quote``)."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self, runner: StrategyRunner) -> None:
+        self.runner = runner
+
+    def put_quote(self, quote: object) -> None:
+        return None
+
+    def __hash__(self) -> int:
+        return id(self.runner)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Watch) and other.runner is self.runner
 
 
 _HANDLERS = {Quote: "on_quote", Fill: "on_fill", Order: "on_order"}
@@ -199,6 +213,7 @@ class StrategyRunner:
         finally:
             self.running = False
             self._service.unsubscribe(self)
+            self._service.mux.unsubscribe(_Watch(self))
 
     async def _loop(self) -> None:
         strategy = self.strategy
@@ -467,6 +482,17 @@ class StrategyRunner:
 
     def last_quote(self, instrument: str) -> Quote | None:
         return self._service.last_quotes.get(instrument)
+
+    def best_quote(self, instrument: str) -> BestQuote | None:
+        return self._service.mux.best(instrument)
+
+    def quote_age(self, instrument: str) -> float | None:
+        return self._service.mux.age(self._service.name, instrument)
+
+    async def watch_best(self, *instruments: str) -> None:
+        for instrument in instruments:
+            check_symbol(instrument)
+        await self._service.mux.subscribe(_Watch(self), instruments)
 
     def instrument(self, symbol: str) -> Instrument | None:
         return self._service.instruments.get(symbol)

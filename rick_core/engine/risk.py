@@ -94,6 +94,8 @@ class ReasonCode(enum.StrEnum):
     """Canary mode: the order is larger than ``[canary] max_quantity``."""
     CANARY_ORDERS = "canary_orders"
     """Canary mode: ``[canary] max_orders_per_day`` real orders were sent this UTC day."""
+    STALE_PRICE = "stale_price"
+    """A market order while the instrument's quote is older than ``[quotes] stale_after``."""
 
 
 class RiskDenied(TradingHalted):

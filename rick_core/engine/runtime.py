@@ -17,6 +17,7 @@ order in a final or resumable state, under a shield.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import trio
@@ -36,20 +37,36 @@ from rick_core.broker import Broker, BrokerError
 from rick_core.components import ComponentSetup, Credentials, NoCredentials
 from rick_core.engine.auditing import DEFAULT_LARGE_TRADE, ENGINE, EngineAudit
 from rick_core.engine.control import STATE_FILENAME, TradingSwitch, read_switch
+from rick_core.engine.events import EventHub
 from rick_core.engine.hosting import StrategyRunner
 from rick_core.engine.modes import ModeGate
+from rick_core.engine.notifying import Notifications
 from rick_core.engine.oms import OrderManager, describe
+from rick_core.engine.quotes import DEFAULT_STALE_AFTER, QuoteMux, StalePrice
 from rick_core.engine.reconcile import Reconciliation, Report, reconcile
 from rick_core.engine.risk import Charter, ReasonCode, RiskContext, RiskDenied, parse_risk
+from rick_core.feeds import FeedEvent, FeedEventKind, FeedSupervisor
 from rick_core.logs import redact
-from rick_core.model import Account, Fill, Instrument, Order, Position, Quote, utc_now
+from rick_core.model import (
+    Account,
+    Fill,
+    Instrument,
+    Order,
+    OrderType,
+    Position,
+    Quote,
+    utc_now,
+)
+from rick_core.notify import Level, Notification, Notifier
 from rick_core.security.audit import record_to_json
 from rick_core.security.records import AuditRecord, EventType, Severity
 from rick_core.strategy import Strategy, StrategySetup
 
 if TYPE_CHECKING:
-    from rick_core.config import RickConfig
+    from rick_core.api.ws import QuoteProxy
+    from rick_core.config import ProxyConfig, RickConfig
     from rick_core.plugins import PluginSet
+    from rick_core.security.apikeys import KeySource
     from rick_core.security.audit import AuditTrail
     from rick_core.security.vault import Vault
     from rick_core.store import Store
@@ -89,34 +106,57 @@ class BrokerService:
         *,
         store: Store | None = None,
         report: Report | None = None,
+        quotes: QuoteMux | None = None,
+        on_feed_event: Callable[[FeedEvent], None] | None = None,
     ) -> None:
         """``store``: reconcile with the venue on every connect (None: never);
-        ``report``: where reconciliation's audit records go."""
+        ``report``: where reconciliation's audit records go; ``quotes``: the
+        multiplexer this broker's quotes go through (None: one of its own);
+        ``on_feed_event``: told when a stream of this broker drops or recovers."""
         self.name = name
         self.broker = broker
         self._oms = oms
         self._store = store
         self._report = report
         self.reconciliation: Reconciliation | None = None
+        """What the last reconciliation found (None before the first succeeds)."""
         self.clock: Callable[[], datetime] = getattr(broker, "now", utc_now)
         self.covered: OrderedDict[str, None] = OrderedDict()
         """Orders filled completely when their submit returned, the positions
         refreshed after that: their fill events need no second refresh."""
-        """What the last reconciliation found (None before the first succeeds)."""
         self.connected = False
         self.positions: dict[str, Position] = {}
-        self.last_quotes: dict[str, Quote] = {}
         self.account: Account | None = None
         self.instruments: dict[str, Instrument] = {}
-        self.quotes_received = 0
-        self._subscribers: dict[str, list[StrategyRunner]] = {}
-        self._wanted: tuple[str, ...] = ()
-        self._generation = 0
-        self._subscribed_generation = -1
-        self._subscribed = trio.Event()
-        self._changed = trio.Event()
-        self._resubscribe: trio.CancelScope | None = None
+        self._on_feed_event = on_feed_event
+        self.mux = quotes if quotes is not None else QuoteMux()
+        self.feed = self.mux.add_broker(name, broker, on_event=on_feed_event)
+        emulator = oms.emulator
+
+        def watch(broker_name: str, quote: Quote) -> None:
+            if emulator.watching:
+                emulator.on_quote(broker_name, quote)
+
+        self.feed.taps.append(watch)
+        self.event_feed: FeedSupervisor[Order | Fill] = FeedSupervisor(
+            f"{name} events",
+            lambda _keys: broker.stream_events(),
+            silence=broker.event_silence,
+            keyed=False,
+            on_event=self._event_feed_event,
+        )
         self._session: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._reconciling = trio.Lock()
+
+    @property
+    def last_quotes(self) -> dict[str, Quote]:
+        """The last quote of each instrument (streamed, or a first snapshot)."""
+        return self.feed.last
+
+    @property
+    def quotes_received(self) -> int:
+        return self.feed.received
 
     # -- subscriptions -------------------------------------------------------
 
@@ -147,30 +187,18 @@ class BrokerService:
                 f"it trades {', '.join(sorted(self.instruments))}"
             )
         for instrument in instruments:
-            runners = self._subscribers.setdefault(instrument, [])
-            if runner not in runners:
-                runners.append(runner)
-        for instrument in instruments:
-            if instrument not in self.last_quotes:
+            if instrument not in self.feed.last:
                 # So that last_quote() answers from on_start on, before the stream does.
                 try:
-                    self.last_quotes[instrument] = await self.broker.quote(instrument)
+                    self.feed.seed(await self.broker.quote(instrument))
                 except BrokerError as exc:
                     log.debug(
                         "no first quote", broker=self.name, instrument=instrument, error=str(exc)
                     )
-        wanted = tuple(sorted(self._subscribers))
-        if wanted != self._wanted:
-            self._wanted = wanted
-            self._generation += 1
-            self._changed.set()
-            if self._resubscribe is not None:
-                self._resubscribe.cancel()
-        generation = self._generation
-        with trio.move_on_after(confirm_within) as waiting:
-            while self._subscribed_generation < generation:
-                await self._subscribed.wait()
-        if waiting.cancelled_caught:
+        confirmed = await self.mux.subscribe(
+            runner.inbox, instruments, broker=self.name, confirm_within=confirm_within
+        )
+        if not confirmed:
             log.warning(
                 "quote subscription not confirmed; quotes arrive once the feed is back",
                 broker=self.name,
@@ -178,10 +206,9 @@ class BrokerService:
             )
 
     def unsubscribe(self, runner: StrategyRunner) -> None:
-        """Stop delivering quotes to ``runner`` (the venue subscription stays)."""
-        for runners in self._subscribers.values():
-            if runner in runners:
-                runners.remove(runner)
+        """Stop delivering quotes to ``runner``; an instrument no one else
+        follows leaves the venue subscription."""
+        self.mux.leave(runner.inbox)
 
     # -- running -------------------------------------------------------------
 
@@ -197,15 +224,21 @@ class BrokerService:
             with trio.CancelScope() as session:
                 self._session = session
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self._events)
+                    self._nursery = nursery
+                    await nursery.start(
+                        functools.partial(
+                            self.event_feed.run, self._on_broker_event, must_open_first=not started
+                        )
+                    )
                     # After the event stream is up, so nothing falls in between.
                     await self._reconcile(nursery)
-                    nursery.start_soon(self._quotes)
+                    nursery.start_soon(self.feed.run)
                     nursery.start_soon(self._poll_account)
                     if not started:
                         started = True
                         task_status.started()
             self._session = None
+            self._nursery = None
             await self._reconnect()
 
     def request_reconnect(self, why: str) -> None:
@@ -218,6 +251,7 @@ class BrokerService:
         await self.broker.connect()
         self.connected = True
         self.instruments = {i.symbol: i for i in await self.broker.instruments()}
+        self.feed.instruments = frozenset(self.instruments)
         await self.refresh_positions()
         self.account = await self.broker.account()
         log.info("broker connected", broker=self.name)
@@ -257,10 +291,11 @@ class BrokerService:
     async def _try_reconcile(self) -> bool:
         assert self._store is not None
         try:
-            self.reconciliation = await reconcile(
-                self.name, self.broker, self._oms, self._store, self._report
-            )
-            await self.refresh_positions()
+            async with self._reconciling:  # one at a time: a reconnect may ask again
+                self.reconciliation = await reconcile(
+                    self.name, self.broker, self._oms, self._store, self._report
+                )
+                await self.refresh_positions()
         except BrokerError as exc:
             reason = f"reconciliation with the venue failed ({exc}); retrying"
             self._oms.block(self.name, reason)
@@ -283,81 +318,24 @@ class BrokerService:
     async def refresh_positions(self) -> None:
         self.positions = {p.instrument: p for p in await self.broker.positions()}
 
-    async def _events(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        started = False
-        delay = RECONNECT_MIN
-        while True:
-            try:
-                async with self.broker.stream_events() as events:
-                    if not started:
-                        started = True
-                        task_status.started()
-                    delay = RECONNECT_MIN
-                    oms = self._oms
-                    covered = self.covered
-                    async for event in events:
-                        if isinstance(event, Fill) and event.client_order_id not in covered:
-                            # The broker booked the fill before reporting it: the
-                            # strategy sees the position that includes it. A failed
-                            # refresh must not cost the fill itself.
-                            try:
-                                await self.refresh_positions()
-                            except BrokerError as exc:
-                                log.warning(
-                                    "positions not refreshed", broker=self.name, error=str(exc)
-                                )
-                        oms.apply((event,))
-            except BrokerError as exc:
-                if not started:
-                    raise EngineError(f"broker {self.name!r}: event stream failed: {exc}") from exc
-                level = log.warning if exc.retryable else log.error
-                level("event stream lost; reconnecting", broker=self.name, error=str(exc))
-            delay = await _backoff(delay)
+    def _event_feed_event(self, event: FeedEvent) -> None:
+        if self._on_feed_event is not None:
+            self._on_feed_event(event)
+        if event.kind is FeedEventKind.RECONNECTED and self._nursery is not None:
+            # Whatever the venue did while the stream was down is caught up
+            # from its fills and open orders, before new orders go to it.
+            self._nursery.start_soon(self._reconcile, self._nursery)
 
-    async def _quotes(self) -> None:
-        delay = RECONNECT_MIN
-        while True:
-            if not self._wanted:
-                self._subscribed_generation = self._generation
-                self._subscribed.set()
-                self._subscribed = trio.Event()
-                self._changed = trio.Event()
-                if not self._wanted:
-                    await self._changed.wait()
-                continue
-            generation = self._generation
-            with trio.CancelScope() as scope:
-                self._resubscribe = scope
-                try:
-                    async with self.broker.stream_quotes(self._wanted) as quotes:
-                        self._subscribed_generation = generation
-                        self._subscribed.set()
-                        self._subscribed = trio.Event()
-                        delay = RECONNECT_MIN
-                        subscribers = self._subscribers
-                        last = self.last_quotes
-                        emulator = self._oms.emulator
-                        async for quote in quotes:
-                            last[quote.instrument] = quote
-                            self.quotes_received += 1
-                            if emulator.watching:
-                                emulator.on_quote(self.name, quote)
-                            for runner in subscribers.get(quote.instrument, ()):
-                                runner.inbox.put_quote(quote)
-                    log.warning("quote stream ended; resubscribing", broker=self.name)
-                except BrokerError as exc:
-                    level = log.warning if exc.retryable else log.error
-                    level("quote stream lost", broker=self.name, error=str(exc))
-            self._resubscribe = None
-            if scope.cancelled_caught:
-                continue  # a new subscription set: resubscribe at once
-            # Back off, but a new subscription set tries again at once.
-            self._changed = trio.Event()
-            with trio.move_on_after(delay * random.uniform(0.5, 1.5)):
-                await self._changed.wait()
-            delay = min(delay * 2, RECONNECT_MAX)
+    async def _on_broker_event(self, event: Order | Fill) -> None:
+        if isinstance(event, Fill) and event.client_order_id not in self.covered:
+            # The broker booked the fill before reporting it: the strategy sees
+            # the position that includes it. A failed refresh must not cost the
+            # fill itself.
+            try:
+                await self.refresh_positions()
+            except BrokerError as exc:
+                log.warning("positions not refreshed", broker=self.name, error=str(exc))
+        self._oms.apply((event,))
 
     async def _poll_account(self) -> None:
         while True:
@@ -391,11 +369,18 @@ class Engine:
         risk: Charter | None = None,
         home: Path | None = None,
         modes: ModeGate | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        notifiers: Sequence[Notifier] = (),
+        proxy: ProxyConfig | None = None,
+        api_keys: KeySource | None = None,
     ) -> None:
         """``strategies`` are ``(strategy, broker name, instruments)``. ``audit`` is
         the trail every order event goes to (None: no auditing); ``vault`` is
         watched for rotated broker credentials (None: no vault); ``modes`` is the
-        trading mode (None: no mode applies; :meth:`from_config` reads it)."""
+        trading mode (None: no mode applies; :meth:`from_config` reads it);
+        ``stale_after`` is when a quote goes stale; ``notifiers`` are told when
+        a feed drops or recovers; ``proxy`` starts the WebSocket proxy (None:
+        none), checking clients' keys with ``api_keys``."""
         self.store = store
         self.drain_timeout = drain_timeout
         self.trail = audit
@@ -412,9 +397,26 @@ class Engine:
             brokers = modes.prepare(brokers, store=store)
         self.oms = OrderManager(store, dict(brokers), self._dispatch, before_send=self._before_send)
         self.oms.emulator.last_quote = self._last_quote
+        self.quotes = QuoteMux(stale_after=stale_after)
+        """Every quote of the run: shared subscriptions, best quotes, staleness."""
+        self.events = EventHub()
+        """Every order and fill event, for the WebSocket proxy's clients."""
+        self.notifications = Notifications(notifiers)
+        self.proxy_config = proxy
+        self.api_keys = api_keys
+        self.proxy: QuoteProxy | None = None
+        self._feeds_down: dict[str, FeedEvent] = {}
         self.services.update(
             {
-                name: BrokerService(name, b, self.oms, store=store, report=self.audit.system)
+                name: BrokerService(
+                    name,
+                    b,
+                    self.oms,
+                    store=store,
+                    report=self.audit.system,
+                    quotes=self.quotes,
+                    on_feed_event=functools.partial(self._feed_event, name),
+                )
                 for name, b in brokers.items()
             }
         )
@@ -503,6 +505,30 @@ class Engine:
                     f"{type(strategy).__name__}, not a rick_core.strategy.Strategy"
                 )
             strategies.append((strategy, scfg.broker, scfg.instruments))
+        notifiers: list[Notifier] = []
+        for name, ncfg in config.notifiers.items():
+            nsetup = ComponentSetup(
+                name=name,
+                options=ncfg.options,
+                credentials=(
+                    _remember(
+                        credentials,
+                        _AuditedCredentials(vault.credentials_for(name), name, audits),
+                    )
+                    if vault
+                    else NoCredentials(name)
+                ),
+                home=config.home,
+                source=f"{where} [notifiers.{name}]",
+            )
+            notifiers.append(_build(plugins, "notifier", ncfg.kind, nsetup, f"notifier {name!r}"))
+        api_keys = None
+        if config.proxy.enabled:
+            from rick_core.security.apikeys import KeyChecker
+
+            api_keys = KeyChecker(
+                config.home, vault, audit=functools.partial(_audit_key_check, audits)
+            )
         engine = cls(
             store=store,
             brokers=brokers,
@@ -514,6 +540,10 @@ class Engine:
             risk=parse_risk(config.risk, where) if config.risk else None,
             home=config.home,
             modes=ModeGate.load(config.home, config.canary, canary_source=f"{where} [canary]"),
+            stale_after=config.quotes.stale_after,
+            notifiers=notifiers,
+            proxy=config.proxy,
+            api_keys=api_keys,
         )
         audits.append(engine.audit)
         for early in credentials:
@@ -562,6 +592,12 @@ class Engine:
                                         self.drain_timeout, 5
                                     )
                                     await self._close_brokers()
+                                if self.notifications:
+                                    with trio.CancelScope(shield=True) as closing:
+                                        closing.deadline = trio.current_time() + 3
+                                        with trio.move_on_after(2):
+                                            await self.notifications.flush()
+                                        await self.notifications.aclose()
                 finally:
                     # No deadline: every record is written before rick exits, even
                     # after a forced stop (a hung disk is the one thing that can hold it).
@@ -583,6 +619,8 @@ class Engine:
             await services.start(self.oms.run)
             await services.start(self.oms.emulator.run)
             services.start_soon(self._checkpoints)
+            if self.notifications:
+                services.start_soon(self.notifications.run)
             self._apply_switch(read_switch(self.home) if self.home else None, cancel=False)
             with self._until_stop():
                 for service in self.services.values():
@@ -591,6 +629,8 @@ class Engine:
                 # The equity at start is what `rick pnl` measures the run against.
                 await self._save_accounts()
             if not self._stop.is_set():
+                if self.proxy_config is not None and self.proxy_config.enabled:
+                    await self._start_proxy(services)
                 services.start_soon(self._save_accounts_every, ACCOUNT_SAVE_EVERY)
                 services.start_soon(self._watch_vault)
                 services.start_soon(self._watch_switch)
@@ -636,6 +676,30 @@ class Engine:
             with trio.move_on_at(max(deadline, trio.current_time() + 1.0)):
                 await self._save_accounts()
             services.cancel_scope.cancel()
+
+    async def _start_proxy(self, nursery: trio.Nursery) -> None:
+        """Serve quotes and events over WebSocket; a port already taken is
+        logged, and trading goes on without the proxy."""
+        from rick_core.api.ws import QuoteProxy
+
+        assert self.proxy_config is not None
+        config = self.proxy_config
+        self.proxy = QuoteProxy(
+            self.quotes, self.events, config, keys=self.api_keys, audit=self.audit.offer
+        )
+        try:
+            port = await nursery.start(self.proxy.serve)
+        except OSError as exc:
+            self.proxy = None
+            log.error(
+                "the WebSocket proxy cannot listen; running without it",
+                host=config.host,
+                port=config.port,
+                error=str(exc),
+                hint="set [proxy] port to a free port, or enabled = false",
+            )
+            return
+        log.info("WebSocket proxy listening", url=f"ws://{config.host}:{port}")
 
     @contextlib.contextmanager
     def _until_stop(self) -> Iterator[trio.CancelScope]:
@@ -824,6 +888,54 @@ class Engine:
 
     # -- events --------------------------------------------------------------
 
+    _FEED_AUDIT: Final = {
+        FeedEventKind.DISCONNECTED: EventType.FEED_DISCONNECTED,
+        FeedEventKind.STALE: EventType.FEED_STALE,
+        FeedEventKind.RECONNECTED: EventType.FEED_RECONNECTED,
+        FeedEventKind.RECOVERED: EventType.FEED_RECOVERED,
+    }
+
+    def _feed_event(self, broker: str, event: FeedEvent) -> None:
+        """A stream dropped, went silent, came back: audit it and tell people.
+
+        Once per outage: the first failure, the first reconnect, the recovery
+        (with how long it lasted). A venue down for an hour makes one record of
+        each, not one per reconnect attempt; the log has every attempt."""
+        down = self._feeds_down
+        kind = event.kind
+        if kind in (FeedEventKind.DISCONNECTED, FeedEventKind.STALE):
+            if event.feed in down:
+                return
+            down[event.feed] = event
+        elif kind is FeedEventKind.RECONNECTED:
+            first = down.get(event.feed)
+            if first is None or first.kind is FeedEventKind.RECONNECTED:
+                return
+            down[event.feed] = event
+        elif down.pop(event.feed, None) is None:
+            return
+        details: dict[str, Any] = {"broker": broker, "feed": event.feed, "reason": event.reason}
+        if event.outage is not None:
+            details["outage_seconds"] = round(event.outage, 3)
+        if event.attempt:
+            details["attempts"] = event.attempt
+        failing = kind in (FeedEventKind.DISCONNECTED, FeedEventKind.STALE)
+        self.audit.system(
+            self._FEED_AUDIT[kind], details, Severity.WARNING if failing else Severity.INFO
+        )
+        if kind is FeedEventKind.RECONNECTED:
+            return  # people hear of the recovery, once data flows again
+        outage = f" after {event.outage:.1f} s" if event.outage is not None else ""
+        text = event.reason if failing else f"data flows again{outage}"
+        self.notifications.notify(
+            Notification(
+                title=f"{event.feed}: {kind.value}",
+                text=text,
+                level=Level.WARNING if failing else Level.INFO,
+                data=details,
+            )
+        )
+
     def _last_quote(self, broker: str, instrument: str) -> Quote | None:
         service = self.services.get(broker)
         return None if service is None else service.last_quotes.get(instrument)
@@ -844,7 +956,13 @@ class Engine:
             modes.check(order, caps=capped)  # the trading mode: off, ghost, canary caps
         # A fired trigger order was checked when it was placed: a stop must not
         # be held back now (by the order rate, say).
-        if self.risk is not None and not self.oms.emulator.is_child(order.client_order_id):
+        child = self.oms.emulator.is_child(order.client_order_id)
+        if order.request.type is OrderType.MARKET and not child:
+            try:  # a market order trades at whatever the price is now: know it
+                self.quotes.check_fresh(order.broker, order.instrument)
+            except StalePrice as exc:
+                raise RiskDenied(ReasonCode.STALE_PRICE, str(exc)) from None
+        if self.risk is not None and not child:
             self.risk.check(await self._risk_context(strategy, order))
         if modes is not None and capped:
             modes.admit(order)  # checked again and counted, with no await between
@@ -894,6 +1012,8 @@ class Engine:
         if _debug_logging():
             kind = "fill" if isinstance(event, Fill) else "order"
             log.debug(kind, strategy=owner, broker=event.broker, **describe(event))
+        if self.events:
+            self.events.publish(owner, event)
         if owner is not None:
             runner = self._by_name.get(owner)
             if runner is not None and runner.running:
@@ -981,6 +1101,23 @@ def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     """The first exception in ``group``, however deeply nested."""
     first = group.exceptions[0]
     return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _audit_key_check(
+    audits: list[EngineAudit],
+    type: EventType,
+    details: Mapping[str, Any],
+    severity: Severity,
+) -> None:
+    """A refused API key, into the engine's audit trail (the key's name, or unknown)."""
+    from rick_core.security.records import Actor
+
+    if not audits:
+        return
+    actor = Actor(
+        kind="api_key", name=str(details.get("key_name") or "unknown"), source="websocket"
+    )
+    audits[0].offer(AuditRecord(type=type, actor=actor, severity=severity, details=dict(details)))
 
 
 def _build(plugins: PluginSet, kind: Any, name: str, setup: Any, what: str) -> Any:

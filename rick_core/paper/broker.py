@@ -32,6 +32,12 @@ Options (``[brokers.<name>]`` with ``kind = "paper"``), all optional:
 ``position_protection``  whether a position's stop loss / take profit can be set
                        with ``replace_position_protection`` (default true)
 ``fractional_quantity``  whether quantities may be fractional (default true)
+``heartbeat``          seconds of silence after which a stream yields a
+                       :class:`~rick_core.broker.Heartbeat` (default 5)
+``quote_silence``      the broker's ``quote_silence``: seconds without a quote or
+                       heartbeat after which the engine reopens the quote stream
+                       (default 10; false: no watchdog)
+``event_silence``      the same for the event stream (default 20; false: none)
 =====================  =========================================================
 
 The last five narrow what the paper venue can do, to rehearse a weaker venue:
@@ -48,6 +54,14 @@ any moment, even by ``SIGKILL``, restarts with the venue exactly as it was
 (see :mod:`rick_core.paper.journal`). Quotes are not kept: the restarted
 market brings its own, and its clock continues from the latest time the
 account saw (a venue's clock never runs backwards).
+
+Faults, for tests and rehearsals: :meth:`PaperBroker.drop_streams` ends the
+open streams with :class:`~rick_core.broker.Disconnected`, as a venue dropping
+the connection; :meth:`PaperBroker.stall_streams` makes them deliver nothing,
+heartbeats included, as a hung connection, until it ends or
+:meth:`PaperBroker.resume_streams`. Events published meanwhile reach a
+stalled stream late, in order; events published while no event stream is
+subscribed reach no later one (the engine reconciles after subscribing).
 
 The market advances lazily with trio's clock: whenever a stream or a call
 needs it, every quote due by now is generated and applied to the account
@@ -72,11 +86,13 @@ import structlog
 import trio
 
 from rick_core.broker import (
+    HEARTBEAT,
     KEEP,
     Broker,
     BrokerEvent,
     Capabilities,
     Disconnected,
+    Heartbeat,
     Keep,
     NotFound,
     TemporarilyUnavailable,
@@ -124,58 +140,150 @@ FAST_BATCH = 64
 """Quotes a stream hands out between checkpoints when ``speed = 0``."""
 
 
+STREAM_KINDS = ("quotes", "events")
+"""The kinds of stream :meth:`PaperBroker.drop_streams` and its siblings take."""
+
+
 class _Subscriber:
-    __slots__ = ("instruments", "queue", "wakeup")
+    """One open stream: what is queued for it, and how it is to end.
+
+    ``None`` in the queue makes the stream look at ``ended`` and ``dropped`` and
+    at its kind's stall before going on (:meth:`_Streams.hold`); so the quote
+    fast path checks nothing more per quote than it did."""
+
+    __slots__ = ("dropped", "ended", "instruments", "queue", "wakeup")
 
     def __init__(self, instruments: frozenset[str] | None) -> None:
         self.instruments = instruments
         self.queue: deque[Any] = deque()
         self.wakeup = trio.Event()
+        self.ended = False  # the broker closed: end after what is queued
+        self.dropped = False  # the connection "dropped": raise before anything queued
 
     def push(self, item: Any) -> None:
         self.queue.append(item)
         self.wakeup.set()
 
+    def signal(self) -> None:
+        """Make the stream look at its state at its next step, before anything queued."""
+        self.queue.appendleft(None)
+        self.wakeup.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.push(None)
+
+
+class _Streams:
+    """The open streams of one kind, and the venue faults applied to them."""
+
+    def __init__(self, kind: str, broker: str = "") -> None:
+        self.kind = kind
+        self.broker = broker
+        self.subs: list[_Subscriber] = []
+        self.stalled_until: float | None = None  # trio time; inf: until resumed
+        self._changed: trio.Event | None = None
+
+    def drop(self) -> None:
+        for sub in self.subs:
+            sub.dropped = True
+            sub.signal()
+        self._wake()
+
+    def stall(self, seconds: float | None) -> None:
+        self.stalled_until = math.inf if seconds is None else trio.current_time() + seconds
+        for sub in self.subs:
+            sub.signal()
+        self._wake()
+
+    def resume(self) -> None:
+        self.stalled_until = None
+        self._wake()
+
+    def end(self) -> None:
+        for sub in self.subs:
+            sub.end()
+        self._wake()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
+
+    async def hold(self, sub: _Subscriber) -> None:
+        """Raise :class:`Disconnected` if ``sub`` was dropped; wait while stalled."""
+        while True:
+            if sub.dropped:
+                raise Disconnected(
+                    f"the paper venue dropped the {self.kind} stream", broker=self.broker
+                )
+            until = self.stalled_until
+            if until is None or sub.ended:
+                return
+            if trio.current_time() >= until:
+                self.stalled_until = None
+                return
+            if self._changed is None:
+                self._changed = trio.Event()
+            with trio.move_on_at(until):
+                await self._changed.wait()
+
 
 class EventFeed:
     """The order events of a simulated account, fanned out to every subscriber
-    of ``stream_events`` in the order published (the paper and ghost brokers)."""
+    of ``stream_events`` in the order published (the paper and ghost brokers).
 
-    def __init__(self) -> None:
-        self._subs: list[_Subscriber] = []
+    ``heartbeat``: seconds of silence after which a stream yields
+    :data:`~rick_core.broker.HEARTBEAT` (None: never); ``broker`` names the
+    broker in errors. :attr:`streams` drops and stalls the streams."""
+
+    def __init__(self, *, heartbeat: float | None = None, broker: str = "") -> None:
+        self.heartbeat = heartbeat
+        self.streams = _Streams("events", broker)
 
     def publish(self, events: Sequence[BrokerEvent]) -> None:
-        for sub in self._subs:
+        for sub in self.streams.subs:
             for event in events:
                 sub.push(event)
 
     def end(self) -> None:
         """End every subscriber's stream (the broker closed)."""
-        for sub in self._subs:
-            sub.push(None)
+        self.streams.end()
 
     @asynccontextmanager
-    async def stream(self) -> AsyncIterator[AsyncIterator[BrokerEvent]]:
+    async def stream(self) -> AsyncIterator[AsyncIterator[BrokerEvent | Heartbeat]]:
         sub = _Subscriber(None)
-        self._subs.append(sub)
+        subs = self.streams.subs
+        subs.append(sub)
         events = self._events(sub)
         try:
             yield events
         finally:
-            self._subs.remove(sub)
+            subs.remove(sub)
             await events.aclose()
 
-    @staticmethod
-    async def _events(sub: _Subscriber) -> AsyncGenerator[BrokerEvent, None]:
+    async def _events(self, sub: _Subscriber) -> AsyncGenerator[BrokerEvent | Heartbeat, None]:
         queue = sub.queue
+        streams = self.streams
+        heartbeat = self.heartbeat
+        await streams.hold(sub)  # opened while stalled: nothing yet
         while True:
             while queue:
                 event = queue.popleft()
                 if event is None:
-                    return
+                    await streams.hold(sub)
+                    if sub.ended and not queue:
+                        return
+                    continue
                 yield event
             sub.wakeup = trio.Event()
-            await sub.wakeup.wait()
+            if heartbeat is None:
+                await sub.wakeup.wait()
+                continue
+            with trio.move_on_after(heartbeat):
+                await sub.wakeup.wait()
+            if not queue:  # nothing came (a push or a signal queues something)
+                yield HEARTBEAT
 
 
 class PaperOptions:
@@ -227,13 +335,16 @@ class PaperOptions:
                 str(k): self._decimal(v, f"instrument_fees.{k}") for k, v in table.items()
             }
         self.capabilities = self._capabilities(raw)
+        self.heartbeat = self._float(raw.pop("heartbeat", 5.0), "heartbeat", positive=True)
+        self.quote_silence = self._silence(raw.pop("quote_silence", 10.0), "quote_silence")
+        self.event_silence = self._silence(raw.pop("event_silence", 20.0), "event_silence")
         if raw:
             raise ValueError(
                 f"{self._where}: unknown option(s) {', '.join(sorted(raw))}; the paper broker "
                 "takes seed, interval, speed, instruments, replay, loop, currency, balance, "
                 "leverage, fees, instrument_fees, slippage, maintenance_ratio, persist, "
                 "order_types, time_in_force, attached_protection, position_protection, "
-                "fractional_quantity"
+                "fractional_quantity, heartbeat, quote_silence, event_silence"
             )
         try:
             self.settings = PaperSettings(**settings)
@@ -303,6 +414,22 @@ class PaperOptions:
             self._fail(key, "a positive number" if positive else "zero or more", value)
         return number
 
+    def _silence(self, value: object, key: str) -> float | None:
+        """A silence timeout: seconds, longer than the heartbeat; false for none."""
+        if value is False:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            self._fail(key, "a positive number of seconds, or false (no watchdog)", value)
+        number = float(value)  # a duration, not money
+        if not math.isfinite(number) or number <= 0:
+            self._fail(key, "a positive number of seconds, or false (no watchdog)", value)
+        if number <= self.heartbeat:
+            raise ValueError(
+                f"{self._where}: {key} ({number:g} s) must be longer than heartbeat "
+                f"({self.heartbeat:g} s), or a quiet stream is judged dead between heartbeats"
+            )
+        return number
+
     def _bool(self, value: object, key: str) -> bool:
         if not isinstance(value, bool):
             self._fail(key, "true or false", value)
@@ -353,8 +480,11 @@ class PaperBroker(Broker):
         self._t0 = 0.0
         self._start = utc_now()
         self._last_quote_time: datetime | None = None
-        self._quote_subs: list[_Subscriber] = []
-        self._feed = EventFeed()
+        self.quote_silence = self.options.quote_silence
+        self.event_silence = self.options.event_silence
+        self._quote_streams = _Streams("quotes", self.name)
+        self._quote_subs = self._quote_streams.subs
+        self._feed = EventFeed(heartbeat=self.options.heartbeat, broker=self.name)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -415,8 +545,7 @@ class PaperBroker(Broker):
         self._journal = None
         self._account = None
         self._market = None
-        for sub in self._quote_subs:
-            sub.push(None)
+        self._quote_streams.end()
         self._feed.end()
         if journal is not None:
             try:
@@ -660,7 +789,7 @@ class PaperBroker(Broker):
     @asynccontextmanager
     async def stream_quotes(
         self, instruments: Sequence[str]
-    ) -> AsyncIterator[AsyncIterator[Quote]]:
+    ) -> AsyncIterator[AsyncIterator[Quote | Heartbeat]]:
         market, _ = self._live()
         unknown = [i for i in instruments if i not in market.instruments]
         if unknown:
@@ -670,23 +799,32 @@ class PaperBroker(Broker):
                 broker=self.name,
             )
         sub = _Subscriber(frozenset(instruments))
-        self._quote_subs.append(sub)
+        subs = self._quote_subs
+        subs.append(sub)
         quotes = self._quotes(sub)
         try:
             yield quotes
         finally:
-            self._quote_subs.remove(sub)
+            subs.remove(sub)
             await quotes.aclose()  # the consumer may have left mid-iteration
 
-    async def _quotes(self, sub: _Subscriber) -> AsyncGenerator[Quote, None]:
+    async def _quotes(self, sub: _Subscriber) -> AsyncGenerator[Quote | Heartbeat, None]:
         queue = sub.queue
+        streams = self._quote_streams
         speed = self.options.speed
-        handed = 0
+        heartbeat = self.options.heartbeat
+        handed = 0  # items yielded, heartbeats included
+        seen = -1  # `handed` when the stream last found nothing to yield
+        quiet_since = 0.0  # trio time since which it has yielded nothing
+        await streams.hold(sub)  # opened while stalled: nothing yet
         while True:
             if queue:
                 quote = queue.popleft()
-                if quote is None:
-                    return
+                if quote is None:  # ended, dropped or stalled
+                    await streams.hold(sub)
+                    if sub.ended and not queue:
+                        return
+                    continue
                 handed += 1
                 if not speed and handed % FAST_BATCH == 0:
                     await trio.lowlevel.checkpoint()
@@ -694,9 +832,19 @@ class PaperBroker(Broker):
                 continue
             if self._market is None:
                 return
+            # Nothing queued: the clock is read here, never per quote.
             if not speed:
                 if not self._advance(at_most=FAST_BATCH):
                     return  # a replay that ended
+                if queue:
+                    continue
+                # a whole batch with nothing for this stream
+                now = trio.current_time()
+                if handed != seen:
+                    seen, quiet_since = handed, now
+                elif now - quiet_since >= heartbeat:
+                    handed += 1
+                    yield HEARTBEAT
                 continue
             self._advance()
             if queue:
@@ -704,10 +852,53 @@ class PaperBroker(Broker):
             due = self._market.peek_time()
             if due is None:
                 return
+            now = trio.current_time()
+            if handed != seen:
+                seen, quiet_since = handed, now
+            beat_at = quiet_since + heartbeat
+            if now >= beat_at:
+                handed += 1
+                yield HEARTBEAT
+                continue
             sub.wakeup = trio.Event()
-            with trio.move_on_at(self._due_at(due)):
+            with trio.move_on_at(min(self._due_at(due), beat_at)):
                 await sub.wakeup.wait()
 
-    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent]]:
+    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent | Heartbeat]]:
         self._live()
         return self._feed.stream()
+
+    # -- faults --------------------------------------------------------------
+
+    def drop_streams(self, kind: str | None = None) -> None:
+        """End every open stream of ``kind`` (``"quotes"``, ``"events"``, None: both)
+        at its next step with :class:`~rick_core.broker.Disconnected`, as a venue
+        dropping the connection: what was queued for it is lost."""
+        for streams in self._streams(kind):
+            streams.drop()
+
+    def stall_streams(self, seconds: float | None, kind: str | None = None) -> None:
+        """Make the open and new streams of ``kind`` (None: both) yield nothing at
+        all, heartbeats included, for ``seconds`` (None: until
+        :meth:`resume_streams`), as a venue whose connection hangs. What comes
+        meanwhile stays queued for each open stream and follows the stall."""
+        if seconds is not None and (
+            isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0
+        ):
+            raise ValueError(f"seconds must be zero or more, or None, got {seconds!r}")
+        for streams in self._streams(kind):
+            streams.stall(seconds)
+
+    def resume_streams(self, kind: str | None = None) -> None:
+        """End a stall of the streams of ``kind`` (None: both) at once."""
+        for streams in self._streams(kind):
+            streams.resume()
+
+    def _streams(self, kind: str | None) -> list[_Streams]:
+        if kind is None:
+            return [self._quote_streams, self._feed.streams]
+        if kind == "quotes":
+            return [self._quote_streams]
+        if kind == "events":
+            return [self._feed.streams]
+        raise ValueError(f"kind must be one of {', '.join(STREAM_KINDS)} or None, got {kind!r}")

@@ -41,6 +41,7 @@ from rick_core.broker import (
     BrokerError,
     BrokerEvent,
     Disconnected,
+    Heartbeat,
     Keep,
     NotFound,
     OrderRejected,
@@ -93,12 +94,16 @@ class GhostBroker(Broker):
         self.name = name or real.name
         self.capabilities = real.capabilities
         self.symbols = real.symbols
+        # The quotes (and their heartbeats) are the real broker's; the events are
+        # simulated here and never go silent, so they need no watchdog.
+        self.quote_silence = real.quote_silence
+        self.event_silence = None
         self._settings = settings
         self._state_path = None if home is None else home / "ghost" / f"{self.name}.json"
         self._account: PaperAccount | None = None
         self._instruments: dict[str, Instrument] = {}
         self._streaming: Counter[str] = Counter()
-        self._events = EventFeed()
+        self._events = EventFeed(broker=self.name)
         self._run = secrets.token_hex(4)  # fill ids stay unique across runs
 
     @property
@@ -115,6 +120,7 @@ class GhostBroker(Broker):
 
     async def connect(self) -> None:
         await self.real.connect()
+        self.quote_silence = self.real.quote_silence  # a plugin may set it on connect
         self._instruments = {i.symbol: i for i in await self.real.instruments()}
         if self._account is None:  # a reconnect keeps the ghost account as it is
             settings = self._settings or await self._settings_from_real()
@@ -192,7 +198,7 @@ class GhostBroker(Broker):
     @asynccontextmanager
     async def stream_quotes(
         self, instruments: Sequence[str]
-    ) -> AsyncIterator[AsyncIterator[Quote]]:
+    ) -> AsyncIterator[AsyncIterator[Quote | Heartbeat]]:
         async with self.real.stream_quotes(instruments) as quotes:
             self._streaming.update(instruments)
             fed = self._fed(quotes)
@@ -203,10 +209,13 @@ class GhostBroker(Broker):
                 self._streaming += Counter()  # drop the zeros
                 await fed.aclose()
 
-    async def _fed(self, quotes: AsyncIterator[Quote]) -> AsyncGenerator[Quote, None]:
+    async def _fed(
+        self, quotes: AsyncIterator[Quote | Heartbeat]
+    ) -> AsyncGenerator[Quote | Heartbeat, None]:
         async for quote in quotes:
-            self._feed(quote)
-            yield quote
+            if not isinstance(quote, Heartbeat):
+                self._feed(quote)
+            yield quote  # a heartbeat too: the engine's watchdog counts it
 
     def _feed(self, quote: Quote) -> None:
         if self._account is not None:
@@ -316,7 +325,9 @@ class GhostBroker(Broker):
     async def account(self) -> Account:
         return self._live().account(self.now())
 
-    def stream_events(self) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent]]:
+    def stream_events(
+        self,
+    ) -> AbstractAsyncContextManager[AsyncIterator[BrokerEvent | Heartbeat]]:
         self._live()
         return self._events.stream()
 

@@ -70,6 +70,8 @@ __all__ = [
     "ApiKeyRejected",
     "ApiKeys",
     "AuditCallback",
+    "KeyChecker",
+    "KeySource",
     "PepperVault",
     "RejectReason",
     "Scope",
@@ -138,6 +140,8 @@ class ApiKeyError(Exception):
 class RejectReason(enum.StrEnum):
     """Why :meth:`ApiKeys.verify` refused a key."""
 
+    NO_KEYS = "no_keys"
+    """No key can exist here: no key file, or no vault to hold the pepper."""
     MALFORMED = "malformed"
     UNKNOWN = "unknown"
     REVOKED = "revoked"
@@ -744,3 +748,79 @@ def open_api_keys(home: Path, vault: PepperVault, *, audit: AuditCallback | None
         text = base64.urlsafe_b64encode(secrets.token_bytes(PEPPER_BYTES)).decode("ascii")
         vault.set(PEPPER_COMPONENT, PEPPER_NAME, text)
     return ApiKeys(path, decode_pepper(text), audit=audit)
+
+
+class KeySource(Protocol):
+    """What checks a presented key: :class:`ApiKeys` or :class:`KeyChecker`."""
+
+    def verify(
+        self,
+        presented: str,
+        required: Scope | str,
+        *,
+        now: datetime | None = None,
+        audit: AuditCallback | None = None,
+    ) -> ApiKeyInfo: ...
+
+
+class KeyChecker:
+    """Checks keys against ``home/apikeys.db`` for a long-running service,
+    opening it when first needed: a key made with ``rick apikey create`` while
+    rick runs works at once. It never creates the pepper or the file: without
+    them no key can exist, and every key is refused (``NO_KEYS``), saying how
+    to make one."""
+
+    def __init__(
+        self, home: Path, vault: PepperVault | None, *, audit: AuditCallback | None = None
+    ) -> None:
+        self.path = Path(home) / APIKEYS_FILENAME
+        self._vault = vault
+        self._audit = audit
+        self._keys: ApiKeys | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> ApiKeys | None:
+        with self._lock:
+            if self._keys is None and self._vault is not None and self.path.exists():
+                try:
+                    text = self._vault.get(PEPPER_COMPONENT, PEPPER_NAME)
+                except KeyError:
+                    return None
+                self._keys = ApiKeys(self.path, decode_pepper(text), audit=self._audit)
+            return self._keys
+
+    def verify(
+        self,
+        presented: str,
+        required: Scope | str,
+        *,
+        now: datetime | None = None,
+        audit: AuditCallback | None = None,
+    ) -> ApiKeyInfo:
+        keys = self._open()
+        if keys is not None:
+            return keys.verify(presented, required, now=now, audit=audit)
+        sink = self._audit if audit is None else audit
+        if sink is not None:
+            sink(
+                EventType.FAILED_AUTHENTICATION,
+                {"reason": RejectReason.NO_KEYS.value},
+                Severity.WARNING,
+            )
+        vault_hint = (
+            ""
+            if self._vault is not None
+            else " (it needs the credential vault: `rick creds genkey`, then export "
+            "RICK_MASTER_KEY before starting rick)"
+        )
+        raise ApiKeyRejected(
+            RejectReason.NO_KEYS,
+            "no API key exists on this machine: make one with "
+            f"`rick apikey create --scope read <name>`{vault_hint}",
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._keys is not None:
+                self._keys.close()
+                self._keys = None

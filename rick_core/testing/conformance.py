@@ -16,6 +16,7 @@ asynchronous outcome are bounded by ``BrokerTarget.timeout``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from rick_core.broker import (
     Broker,
     BrokerError,
     Capabilities,
+    Heartbeat,
     NotFound,
     OrderRejected,
     Unsupported,
@@ -513,7 +515,7 @@ class _Session:
         async with broker.stream_events() as events, _closing(events):
             await self.place(request)
             with self.within(f"the fills of {request.client_order_id} on stream_events()"):
-                async for event in events:
+                async for event in events:  # a Heartbeat is neither: skipped
                     if isinstance(event, Fill) and event.client_order_id == request.client_order_id:
                         fills.append(event)
                         if sum(f.quantity for f in fills) >= request.quantity:
@@ -705,6 +707,17 @@ class BrokerConformance:
                 f"symbols.from_venue(symbols.to_venue({target.instrument!r})) is "
                 f"{broker.symbols.from_venue(native)!r}"
             )
+            for attribute in ("quote_silence", "event_silence"):
+                silence = getattr(broker, attribute)
+                assert silence is None or (
+                    isinstance(silence, int | float)
+                    and not isinstance(silence, bool)
+                    and math.isfinite(silence)
+                    and silence > 0
+                ), (
+                    f"broker.{attribute} must be None (no watchdog) or a positive finite "
+                    f"number of seconds, got {silence!r}"
+                )
 
     async def test_instruments(self, rick_broker_target: BrokerTarget) -> None:
         target = _check_target(rick_broker_target)
@@ -768,6 +781,8 @@ class BrokerConformance:
                             _closing(stream),
                         ):
                             async for quote in stream:
+                                if isinstance(quote, Heartbeat):
+                                    continue  # a keep-alive: no data
                                 quotes.append(_check_quote(quote, target.instrument, broker))
                                 if len(quotes) >= QUOTES_TO_COLLECT:
                                     break
@@ -800,6 +815,8 @@ class BrokerConformance:
                         "stream_events()"
                     ):
                         async for event in events:
+                            if isinstance(event, Heartbeat):
+                                continue  # a keep-alive: no data
                             if isinstance(event, Fill):
                                 if event.client_order_id == request.client_order_id:
                                     _check_fill(event, request, broker)
