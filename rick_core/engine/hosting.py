@@ -116,7 +116,8 @@ class _Inbox:
             if self.closed:
                 return None
             if self._quotes:
-                return self._quotes.pop()
+                quote: Quote = self._quotes.pop()
+                return quote
             if self._timers:
                 name = next(iter(self._timers))
                 del self._timers[name]

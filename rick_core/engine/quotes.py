@@ -281,7 +281,7 @@ class BrokerFeed:
             del held[holder]
             sinks = self._sinks.get(instrument)
             if sinks is not None and holder in sinks:
-                sinks.remove(holder)  # type: ignore[arg-type]
+                sinks.remove(holder)
                 if not sinks:
                     del self._sinks[instrument]
             if not held:

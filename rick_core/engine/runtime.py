@@ -680,7 +680,7 @@ class Engine:
     async def _start_proxy(self, nursery: trio.Nursery) -> None:
         """Serve quotes and events over WebSocket; a port already taken is
         logged, and trading goes on without the proxy."""
-        from rick_core.api.ws import QuoteProxy
+        from rick_core.api.ws import ProxyError, QuoteProxy
 
         assert self.proxy_config is not None
         config = self.proxy_config
@@ -689,15 +689,9 @@ class Engine:
         )
         try:
             port = await nursery.start(self.proxy.serve)
-        except OSError as exc:
+        except ProxyError as exc:  # the port is taken, say: trading goes on
             self.proxy = None
-            log.error(
-                "the WebSocket proxy cannot listen; running without it",
-                host=config.host,
-                port=config.port,
-                error=str(exc),
-                hint="set [proxy] port to a free port, or enabled = false",
-            )
+            log.error("running without the WebSocket proxy", error=str(exc))
             return
         log.info("WebSocket proxy listening", url=f"ws://{config.host}:{port}")
 
@@ -1040,6 +1034,9 @@ class Engine:
                     "currency": None if account is None else account.currency,
                     "positions": len(service.positions),
                     "quotes": service.quotes_received,
+                    "quote_feed": service.feed.supervisor.healthy,
+                    "event_feed": service.event_feed.healthy,
+                    "subscribed": len(service.feed.subscribed),
                 }
             )
         return {
@@ -1058,6 +1055,8 @@ class Engine:
             "rejections": self.oms.rejections,
             "halted": self.audit.failure,
             "mode": self.modes.summary() if self.modes else None,
+            "stale": [f"{broker}:{instrument}" for broker, instrument, _ in self.quotes.stale()],
+            "proxy": self.proxy.stats() if self.proxy is not None else None,
         }
 
 

@@ -16,6 +16,8 @@ def render_status(status: dict[str, Any], elapsed: float) -> str:
     parts = []
     for b in status["brokers"]:
         state = "" if b["connected"] else " (down)"
+        if b["connected"] and b.get("subscribed") and not b.get("quote_feed", True):
+            state = " (quotes down)"
         equity = "" if b["equity"] is None else f" {b['equity']:,.2f} {b['currency']}"
         parts.append(f"{b['broker']}{state}{equity} pos {b['positions']}")
     minutes, seconds = divmod(int(elapsed), 60)
@@ -25,6 +27,7 @@ def render_status(status: dict[str, Any], elapsed: float) -> str:
         + " | ".join(parts)
         + f" | orders {status['orders']} fills {status['fills']}"
         + (f" rejected {status['rejections']}" if status["rejections"] else "")
+        + (f" | stale {len(status['stale'])}" if status.get("stale") else "")
         + (" | HALTED: audit log down, no new orders" if status.get("halted") else "")
         + " | Ctrl-C stops"
     )
