@@ -352,3 +352,25 @@ async def test_check_fresh_refuses_a_stale_or_missing_subscribed_price(
 def test_stale_after_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         QuoteMux(stale_after=0)
+
+
+class DownBroker(ScriptedBroker):
+    """A venue whose quote stream never opens."""
+
+    @asynccontextmanager
+    async def stream_quotes(
+        self, instruments: Sequence[str]
+    ) -> AsyncIterator[AsyncIterator[Quote]]:
+        from rick_core.broker import Disconnected
+
+        raise Disconnected("venue down")
+        yield  # pragma: no cover
+
+
+async def test_subscribe_says_when_the_feed_is_down(autojump_clock: trio.abc.Clock) -> None:
+    mux = QuoteMux()
+    async with running(mux, DownBroker("a")):
+        sink = Sink()
+        assert await mux.subscribe(sink, ["EUR_USD"], broker="a", confirm_within=2) is False
+        assert mux.feeds["a"].holders("EUR_USD") == 1  # held: quotes come once it is back
+    assert list(QuoteMux().stale()) == []  # outside trio: nothing to age

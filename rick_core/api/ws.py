@@ -13,16 +13,20 @@ How it stays fast and fair:
   buffer``): the feed never waits for a client, and a client that falls behind
   gets the latest price of each instrument, with a ``skipped`` count.
 - **One writer per client** sends everything pending back to back: replies,
-  events, then quotes. Its frames are corked into one buffer and written with
-  one send, so a batch costs one system call, not one per message.
-- **Encoded once.** A quote that several clients get is turned into JSON once
-  (a two-generation cache keyed by the quote's identity).
+  events, then quotes, as ready-made WebSocket text frames joined into one
+  write: a batch costs one system call, not one per message, and does not
+  yield between messages. (Only data frames are written this way, beside
+  trio-websocket, which keeps the handshake, pings and closing; see
+  :class:`_ClientStream`.)
+- **Encoded once.** A quote that several clients get is turned into its frame
+  once (a two-generation cache keyed by the quote's identity).
 - **A client that stops reading is dropped**, not waited for: when its socket
   accepts nothing for ``send_timeout`` seconds the proxy gives up on it
   (close code 4008). It owns each connection's TCP stream (:class:`_ClientStream`)
-  so that it knows whether the last frame went out whole: only then is the
-  close frame queued behind it, and the connection is closed at once either
-  way, never waiting on a peer that does not read.
+  so that it knows whether the last frame went out whole: only then can the
+  close frame follow it (else the client sees the connection drop, 1006). The
+  connection is closed at once either way, never waiting on a peer that does
+  not read, and never holding up the other clients.
 
 Events cannot be conflated (a missing fill is a wrong position): a client that
 falls ``event_capacity`` events behind is closed with code 4009 and must read
@@ -34,6 +38,8 @@ from __future__ import annotations
 import enum
 import errno
 import json
+import math
+import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -57,7 +63,7 @@ from rick_core.model import (
     utc_now,
 )
 from rick_core.model import to_jsonable as _to_jsonable
-from rick_core.security.apikeys import ApiKeyInfo, ApiKeyRejected, ApiKeys, Scope
+from rick_core.security.apikeys import ApiKeyInfo, ApiKeyRejected, KeySource, Scope
 from rick_core.security.records import Actor, AuditRecord, EventType, Severity
 
 __all__ = [
@@ -67,6 +73,7 @@ __all__ = [
     "ProxyError",
     "QuoteProxy",
     "encode_quote",
+    "text_frame",
 ]
 
 log = structlog.get_logger("rick.proxy")
@@ -95,6 +102,10 @@ CLOSE_TIMEOUT = 2.0
 """Seconds a polite close (auth failure, events overflow) waits for the client's reply."""
 SLOW_CLOSE_GRACE = 0.05
 """Seconds a too-slow client's close frame gets to reach the kernel's buffer."""
+SHUTDOWN_CLOSE_GRACE = 0.2
+"""Seconds each client's close frame gets when the proxy stops: its reply is not
+awaited (the connection's reader is being cancelled too), so rick's shutdown
+is not held up by its clients."""
 SUBSCRIBE_CONFIRM = 5.0
 """Seconds a subscribe waits for the upstream stream to open before replying anyway."""
 MAX_OUTBOX = 256
@@ -120,6 +131,12 @@ class CloseCode(enum.IntEnum):
     TOO_SLOW = 4008
     EVENTS_OVERFLOW = 4009
     TOO_MANY_CONNECTIONS = 4029
+
+
+_CLOSE_GRACES: dict[int, float] = {
+    CloseCode.TOO_SLOW: SLOW_CLOSE_GRACE,
+    CloseCode.GOING_AWAY: SHUTDOWN_CLOSE_GRACE,
+}
 
 
 class ErrorCode(enum.StrEnum):
@@ -151,7 +168,7 @@ class _BadRequest(Exception):
         self.code = code
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _quote_message(item: Quote | BestQuote) -> dict[str, Any]:
@@ -183,14 +200,33 @@ def encode_quote(item: Quote | BestQuote) -> str:
     return _dumps(_quote_message(item))
 
 
-def _with_skipped(text: str, skipped: int) -> str:
-    # The encoded quote is shared by every client: splice this client's count in.
-    return f'{text[:-1]},"skipped":{skipped}}}'
+def text_frame(text: str) -> bytes:
+    """``text`` as one unmasked, unfragmented WebSocket text frame (server to client,
+    RFC 6455 section 5.2). The proxy's JSON is ASCII (``ensure_ascii``), hence UTF-8."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 0x10000:
+        header = _HEADER_16.pack(0x81, 126, size)
+    else:
+        header = _HEADER_64.pack(0x81, 127, size)
+    return header + payload
 
 
-def _event_message(strategy: str | None, event: Order | Fill) -> str:
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def _skipped_frame(item: Quote | BestQuote, skipped: int) -> bytes:
+    message = _quote_message(item)
+    message["skipped"] = skipped
+    return text_frame(_dumps(message))
+
+
+def _event_frame(strategy: str | None, event: Order | Fill) -> bytes:
     kind = "fill" if isinstance(event, Fill) else "order"
-    return _dumps({"type": kind, "strategy": strategy, kind: _to_jsonable(event)})
+    return text_frame(_dumps({"type": kind, "strategy": strategy, kind: _to_jsonable(event)}))
 
 
 def _peer_of(stream: trio.SocketStream) -> str:
@@ -211,8 +247,11 @@ def _peer_of(stream: trio.SocketStream) -> str:
 class _ClientStream(trio.abc.HalfCloseableStream):
     """A client's TCP stream, as the proxy needs it under trio-websocket.
 
-    - **Corked** (:meth:`cork`), frames are collected and written together
-      by :meth:`flush`: a batch of messages costs one system call.
+    - The writer puts a whole batch of ready-made text frames on it at once
+      (:meth:`write_frames`): one system call for the batch. trio-websocket's
+      own frames (the auth reply, pongs, close frames) come through
+      :meth:`send_all` into the same queue, so the order on the wire is the
+      order they were handed over.
     - Writes go through the socket's own ``send``, each of which either puts
       bytes into the kernel or, cancelled, puts none; so after a cancelled
       write :attr:`torn` tells whether a frame went out only in part (then no
@@ -228,9 +267,8 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         self._pending = bytearray()
         self._frames: deque[int] = deque()  # the length of each frame in _pending
         self._head_sent = 0  # bytes of the first pending frame already written
-        self._corked = False
-        # trio-websocket serialises its own sends, but the writer flushes a
-        # corked batch outside of them: one writer at a time on the socket.
+        # trio-websocket serialises its own sends, but not against the writer's
+        # batches: one flush at a time on the socket.
         self._write_lock = trio.Lock()
         self.deadline_scope: trio.CancelScope | None = None
         self.timeout = 0.0
@@ -240,13 +278,6 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     def torn(self) -> bool:
         """Whether a frame was cut: part of it is on the wire, the rest is not."""
         return self._head_sent > 0
-
-    def cork(self) -> None:
-        self._corked = True
-
-    def uncork(self) -> None:
-        """Stop collecting (without writing: :meth:`flush` writes)."""
-        self._corked = False
 
     def discard_unsent(self) -> None:
         """Drop every frame not yet written (when not :attr:`torn`: none is begun)."""
@@ -260,10 +291,13 @@ class _ClientStream(trio.abc.HalfCloseableStream):
             return
         self._pending += data
         self._frames.append(len(data))
-        if not self._corked:
-            await self.flush()
-        # Corked, this returns without a checkpoint: trio-websocket has just
-        # passed one (its send lock), and the flush after the batch is another.
+        await self.flush()
+
+    async def write_frames(self, frames: list[bytes]) -> None:
+        """Queue ``frames`` (whole WebSocket frames) and write everything pending."""
+        self._pending += b"".join(frames)
+        self._frames.extend(map(len, frames))
+        await self.flush()
 
     async def flush(self) -> None:
         """Write everything pending."""
@@ -343,7 +377,7 @@ class _Client:
         self.peer = peer
         self.key = key
         self.quotes = _ClientQuotes(self, proxy.config.buffer)
-        self.outbox: deque[str] = deque()
+        self.outbox: deque[bytes] = deque()
         """Encoded replies and events, in order; sent before quotes."""
         self.subscriptions: dict[str, dict[str, None]] = {}
         """broker (or "best") -> the instruments this client follows there."""
@@ -371,7 +405,7 @@ class _Client:
             wakeup.set()
 
     def reply(self, message: Mapping[str, Any]) -> None:
-        self.outbox.append(_dumps(message))
+        self.outbox.append(text_frame(_dumps(message)))
         self.wake()
 
     def finish(self, code: int, reason: str, why: str) -> None:
@@ -385,7 +419,13 @@ class _Client:
         """The client closed the connection, or it broke."""
         closed = self.conn.closed
         code = closed.code if closed is not None else 1006
-        self.finish(code, "", "connection lost" if code == 1006 else f"client closed ({code})")
+        if code == 1006:
+            why = "connection lost"
+        elif code == CloseCode.MESSAGE_TOO_BIG:
+            why = "message too big"  # trio-websocket closed it: over MAX_MESSAGE_SIZE
+        else:
+            why = f"client closed ({code})"
+        self.finish(code, "", why)
 
     async def _wait_room(self) -> None:
         while len(self.outbox) >= MAX_OUTBOX:
@@ -434,20 +474,19 @@ class _Client:
                 quote_count = self._encode_quotes(queue.take(), batch)
             if not batch:
                 continue
+            if self.conn.closed is not None:
+                # Closing: no data frame may follow the close frame. The reader
+                # (or whoever closes) ends the session.
+                return
             with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 stream.timeout = timeout
                 stream.deadline_scope = scope
-                stream.cork()
                 try:
-                    for text in batch:
-                        await self.conn.send_message(text)
-                    stream.uncork()
-                    await stream.flush()
-                except ConnectionClosed:
-                    self._gone()
+                    await stream.write_frames(batch)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.finish(1006, "", "connection lost")
                     return
                 finally:
-                    stream.uncork()
                     stream.deadline_scope = None
             if scope.cancelled_caught:
                 proxy.disconnected_slow += 1
@@ -461,24 +500,24 @@ class _Client:
             proxy.messages_sent += len(batch)
             proxy.quotes_sent += quote_count
 
-    def _encode_quotes(self, items: list[Any], batch: list[str]) -> int:
+    def _encode_quotes(self, items: list[Any], batch: list[bytes]) -> int:
         proxy = self.proxy
         subscriptions = self.subscriptions
         skipped = self.quotes.skipped - self.skipped_reported
         if skipped:
             self.skipped_reported += skipped
             proxy.skipped_reported += skipped
-        encoded = proxy.encoded
+        frame_of = proxy.frame_of
         count = 0
         for item in items:
             held = subscriptions.get(item.source)
             if held is None or item.instrument not in held:
                 continue  # unsubscribed since it was queued
-            text = encoded(item)
             if skipped:
-                text = _with_skipped(text, skipped)
+                batch.append(_skipped_frame(item, skipped))
                 skipped = 0
-            batch.append(text)
+            else:
+                batch.append(frame_of(item))
             count += 1
         return count
 
@@ -578,14 +617,21 @@ class _Client:
             )
         confirmed = True
         if new:
+            # Recorded first: quotes (the current best at once) may come while
+            # the upstream subscription opens, and the writer passes only what
+            # is recorded. A disconnect meanwhile is cleaned up by leave().
+            held = self.subscriptions.setdefault(broker, {})
+            held.update(dict.fromkeys(new))
             try:
                 confirmed = await self.proxy.mux.subscribe(
                     self.quotes, new, broker=broker, confirm_within=SUBSCRIBE_CONFIRM
                 )
-            except ValueError as exc:
+            except ValueError as exc:  # raised before anything is held
+                for instrument in new:
+                    del held[instrument]
+                if not held:
+                    del self.subscriptions[broker]
                 raise _BadRequest(ErrorCode.UNKNOWN_INSTRUMENT, str(exc)) from None
-            held = self.subscriptions.setdefault(broker, {})
-            held.update(dict.fromkeys(new))
         return {
             "type": "subscribed",
             "broker": broker,
@@ -644,7 +690,7 @@ class _Client:
                     return
                 taken = events.take()
                 for strategy, event in taken:
-                    self.outbox.append(_event_message(strategy, event))
+                    self.outbox.append(_event_frame(strategy, event))
                 self.proxy.events_sent += len(taken)
                 self.wake()
                 await self._wait_room()
@@ -661,7 +707,9 @@ def _valid_id(value: Any) -> bool:
         return False
     if isinstance(value, str):
         return len(value) <= MAX_ID_LENGTH
-    return isinstance(value, int | float)
+    if isinstance(value, float):
+        return math.isfinite(value)  # NaN and Infinity are not JSON
+    return isinstance(value, int)
 
 
 def _unknown_action_text(action: Any) -> str:
@@ -700,11 +748,16 @@ def _now_text() -> str:
 class QuoteProxy:
     """The WebSocket proxy over ``mux`` (quotes) and ``events`` (orders and fills).
 
-    ``keys`` checks the API key each client presents (None: no vault, so no key
-    can exist and every client is refused, saying how to set one up). ``audit``
-    receives the session records (``USER_LOGIN``, ``USER_LOGOUT``) and every
-    refused authentication (``FAILED_AUTHENTICATION``); it never sees a key.
-    ``event_capacity``: events a client may fall behind by before it is cut off.
+    ``keys`` checks the API key each client presents (an
+    :class:`~rick_core.security.apikeys.ApiKeys` or ``KeyChecker``; None: no
+    vault, so no key can exist and every client is refused, saying how to set
+    one up). ``audit`` receives the session records (``USER_LOGIN``,
+    ``USER_LOGOUT``) and every refused authentication
+    (``FAILED_AUTHENTICATION``); no record holds a key. ``event_capacity``:
+    events a client may fall behind by before it is cut off.
+
+    :meth:`serve` serves whatever ``config.enabled`` says: whether to run the
+    proxy at all is its owner's decision.
 
     Run :meth:`serve` in a nursery: ``port = await nursery.start(proxy.serve)``.
     """
@@ -715,7 +768,7 @@ class QuoteProxy:
         events: EventHub,
         config: ProxyConfig,
         *,
-        keys: ApiKeys | None,
+        keys: KeySource | None,
         audit: Callable[[AuditRecord], None] | None = None,
         event_capacity: int = EVENT_BUFFER,
     ) -> None:
@@ -731,8 +784,8 @@ class QuoteProxy:
         """The port actually bound, once :meth:`serve` has started."""
         self.clients: set[_Client] = set()
         self._per_key: dict[str, int] = {}
-        self._cache: dict[int, tuple[object, str]] = {}
-        self._old_cache: dict[int, tuple[object, str]] = {}
+        self._cache: dict[int, tuple[object, bytes]] = {}
+        self._old_cache: dict[int, tuple[object, bytes]] = {}
         self.connections = 0
         self.messages_sent = 0
         self.quotes_sent = 0
@@ -760,7 +813,7 @@ class QuoteProxy:
                 "rick.toml to a free one, or [proxy] enabled = false."
             ) from None
         self.port = listeners[0].socket.getsockname()[1]
-        log.info("proxy listening", host=host, port=self.port)
+        log.debug("proxy listening", host=host, port=self.port)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, self._serve_stream, listeners)
@@ -992,7 +1045,7 @@ class QuoteProxy:
             assert client.end is not None
             code, reason, why = client.end
             if conn.closed is None:
-                grace = SLOW_CLOSE_GRACE if code == CloseCode.TOO_SLOW else CLOSE_TIMEOUT
+                grace = _CLOSE_GRACES.get(code, CLOSE_TIMEOUT)
                 with trio.CancelScope(shield=True):
                     await _close(conn, stream, code, reason, grace)
             duration = trio.current_time() - client.started
@@ -1021,15 +1074,16 @@ class QuoteProxy:
 
     # -- encoding ------------------------------------------------------------
 
-    def encoded(self, item: Quote | BestQuote) -> str:
-        """``item``'s quote message, encoded once however many clients get it."""
+    def frame_of(self, item: Quote | BestQuote) -> bytes:
+        """``item``'s quote message as a WebSocket frame, encoded once however many
+        clients get it. Keyed by identity: the mux hands every client the same object."""
         key = id(item)
         entry = self._cache.get(key)
         if entry is not None and entry[0] is item:
             return entry[1]
         entry = self._old_cache.get(key)
         if entry is None or entry[0] is not item:
-            entry = (item, encode_quote(item))
+            entry = (item, text_frame(encode_quote(item)))
             self.encoded_quotes += 1
         cache = self._cache
         cache[key] = entry

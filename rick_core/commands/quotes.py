@@ -52,6 +52,11 @@ def _read_key(key_file: Path | None) -> str:
 def _default_url(config_path: Path | None) -> str:
     config = load_config_or_exit(config_path)
     host, port = config.proxy.host, config.proxy.port
+    if port == 0:
+        raise click.ClickException(
+            "the config has [proxy] port = 0 (any free port): pass --url ws://HOST:PORT with "
+            'the port `rick run` logged ("proxy listening")'
+        )
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
@@ -155,7 +160,7 @@ async def _watch(
                 raise click.ClickException(_closed_text(url, closed)) from None
     except HandshakeError as exc:
         cause = exc.__cause__
-        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+        if _refused(cause):
             raise click.ClickException(
                 f"cannot connect to {url}: connection refused. Is rick running (`rick run`), "
                 "with its proxy enabled ([proxy] enabled = true) on that host and port?"
@@ -165,6 +170,19 @@ async def _watch(
         raise click.ClickException(f"cannot connect to {url}: {exc}") from None
     except ValueError as exc:  # a malformed URL, or a message that is not JSON
         raise click.ClickException(f"{url}: {exc}") from None
+
+
+def _refused(error: BaseException | None) -> bool:
+    """Whether ``error``, its causes or (trio's) grouped attempts include a refusal."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            return any(_refused(e) for e in error.exceptions)
+        error = error.__cause__
+        seen += 1
+    return False
 
 
 async def _expect(ws: Any, kind: str) -> dict[str, Any]:

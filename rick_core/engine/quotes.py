@@ -405,12 +405,12 @@ class QuoteMux:
                 if best is not None:
                     sink.put_quote(best)
         confirmed = True
-        with trio.move_on_after(confirm_within):
+        with trio.move_on_after(confirm_within) as waiting:
             for feed, generation in waits:
                 confirmed = (
                     await feed.supervisor.wait_open(generation, confirm_within) and confirmed
                 )
-        return confirmed
+        return confirmed and not waiting.cancelled_caught
 
     def unsubscribe(
         self, sink: QuoteSink, instruments: Iterable[str] | None = None, *, broker: str = BEST
@@ -491,8 +491,12 @@ class QuoteMux:
         return best_of(instrument, fresh, stale)
 
     def stale(self) -> Iterator[tuple[str, str, float]]:
-        """``(broker, instrument, age)`` of every subscribed instrument gone stale."""
-        now = trio.current_time()
+        """``(broker, instrument, age)`` of every subscribed instrument gone stale
+        (none outside a trio run: ages are on trio's clock)."""
+        try:
+            now = trio.current_time()
+        except RuntimeError:
+            return
         for feed in self.feeds.values():
             for instrument in feed.subscribed:
                 updated = feed.updated.get(instrument)
