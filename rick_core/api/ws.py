@@ -35,10 +35,12 @@ the state again.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import json
 import math
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -108,6 +110,9 @@ awaited (the connection's reader is being cancelled too), so rick's shutdown
 is not held up by its clients."""
 SUBSCRIBE_CONFIRM = 5.0
 """Seconds a subscribe waits for the upstream stream to open before replying anyway."""
+SEND_BUFFER = 64 * 1024
+"""Bytes of the kernel's send buffer per client (Linux doubles it): about 400
+quote messages in flight before the client's own buffer starts conflating."""
 MAX_OUTBOX = 256
 """Replies and events waiting for a client's writer before the proxy stops reading
 that client's requests (and taking its events) until they are sent."""
@@ -823,6 +828,12 @@ class QuoteProxy:
 
     async def _serve_stream(self, transport: trio.SocketStream) -> None:
         self.connections += 1
+        # A small kernel send buffer: a client reading slower than its quotes
+        # come is skipped forward by its conflating buffer here within a few
+        # hundred messages, instead of being fed quotes seconds old from
+        # megabytes queued in the kernel (loopback buffers grow to 4 MB).
+        with contextlib.suppress(OSError):
+            transport.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         stream = _ClientStream(transport)
         peer = _peer_of(transport)
         try:
