@@ -130,19 +130,10 @@ class _Watch:
     """A strategy's hold on best quotes: subscribed everywhere, delivered nowhere
     (the strategy reads them with ``best_quote``)."""
 
-    __slots__ = ("runner",)
-
-    def __init__(self, runner: StrategyRunner) -> None:
-        self.runner = runner
+    __slots__ = ()
 
     def put_quote(self, quote: object) -> None:
         return None
-
-    def __hash__(self) -> int:
-        return id(self.runner)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Watch) and other.runner is self.runner
 
 
 _HANDLERS = {Quote: "on_quote", Fill: "on_fill", Order: "on_order"}
@@ -175,6 +166,7 @@ class StrategyRunner:
         self._clock = clock
         self._instruments = instruments
         self.inbox = _Inbox()
+        self._watch = _Watch()
         self._log = structlog.get_logger("rick.strategy").bind(strategy=strategy.name)
         self._timers: list[tuple[float, str]] = []
         self._nursery: trio.Nursery | None = None
@@ -214,7 +206,7 @@ class StrategyRunner:
         finally:
             self.running = False
             self._service.unsubscribe(self)
-            self._service.mux.unsubscribe(_Watch(self))
+            self._service.mux.unsubscribe(self._watch)
 
     async def _loop(self) -> None:
         strategy = self.strategy
@@ -493,7 +485,7 @@ class StrategyRunner:
     async def watch_best(self, *instruments: str) -> None:
         for instrument in instruments:
             check_symbol(instrument)
-        await self._service.mux.subscribe(_Watch(self), instruments)
+        await self._service.mux.subscribe(self._watch, instruments)
 
     def instrument(self, symbol: str) -> Instrument | None:
         return self._service.instruments.get(symbol)

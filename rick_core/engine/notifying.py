@@ -78,32 +78,28 @@ class Notifications:
 
     async def _deliver(self, box: _Outbox) -> None:
         while True:
-            while box.items:
-                notification = box.items.popleft()
-                with trio.move_on_after(self.send_timeout) as scope:
-                    try:
-                        await box.notifier.send(notification)
-                        box.sent += 1
-                    except Exception as exc:
-                        log.warning("notifier failed", notifier=box.notifier.name, error=str(exc))
-                if scope.cancelled_caught:
-                    log.warning(
-                        "notifier timed out",
-                        notifier=box.notifier.name,
-                        seconds=self.send_timeout,
-                    )
+            await self._drain(box)
             box.wakeup = trio.Event()
             await box.wakeup.wait()
 
-    async def flush(self) -> None:
-        """Deliver what is queued (at shutdown, under the caller's deadline)."""
-        for box in self._outboxes:
-            while box.items:
+    async def _drain(self, box: _Outbox) -> None:
+        """Send what ``box`` holds, oldest first, each send under the deadline."""
+        while box.items:
+            with trio.move_on_after(self.send_timeout) as scope:
                 try:
                     await box.notifier.send(box.items.popleft())
                     box.sent += 1
                 except Exception as exc:
                     log.warning("notifier failed", notifier=box.notifier.name, error=str(exc))
+            if scope.cancelled_caught:
+                log.warning(
+                    "notifier timed out", notifier=box.notifier.name, seconds=self.send_timeout
+                )
+
+    async def flush(self) -> None:
+        """Deliver what is queued (at shutdown, under the caller's deadline)."""
+        for box in self._outboxes:
+            await self._drain(box)
 
     async def aclose(self) -> None:
         for box in self._outboxes:

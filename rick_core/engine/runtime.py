@@ -45,7 +45,7 @@ from rick_core.engine.oms import OrderManager, describe
 from rick_core.engine.quotes import DEFAULT_STALE_AFTER, QuoteMux, StalePrice
 from rick_core.engine.reconcile import Reconciliation, Report, reconcile
 from rick_core.engine.risk import Charter, ReasonCode, RiskContext, RiskDenied, parse_risk
-from rick_core.feeds import FeedEvent, FeedEventKind, FeedSupervisor
+from rick_core.feeds import DEFAULT_BACKOFF, FeedEvent, FeedEventKind, FeedSupervisor
 from rick_core.logs import redact
 from rick_core.model import (
     Account,
@@ -75,8 +75,6 @@ __all__ = ["BrokerService", "Engine", "EngineError"]
 
 log = structlog.get_logger("rick.engine")
 
-RECONNECT_MIN = 0.5
-RECONNECT_MAX = 30.0
 SUBSCRIBE_TIMEOUT = 10.0
 ACCOUNT_POLL = 1.0
 CHECKPOINT_EVERY = 1.0
@@ -263,14 +261,15 @@ class BrokerService:
                 await self.broker.close()
             except Exception:
                 log.exception("broker close failed", broker=self.name)
-        delay = RECONNECT_MIN
+        attempt = 0
         while True:
             try:
                 await self._connect()
                 return
             except Exception as exc:
                 log.warning("reconnect failed", broker=self.name, error=str(exc))
-            delay = await _backoff(delay)
+            attempt += 1
+            await _back_off(attempt)
 
     async def _reconcile(self, nursery: trio.Nursery) -> None:
         """Reconcile with the venue; orders to this broker wait until it succeeds
@@ -282,9 +281,10 @@ class BrokerService:
             return
 
         async def retry() -> None:
-            delay = RECONNECT_MIN
+            attempt = 1
             while not await self._try_reconcile():
-                delay = await _backoff(delay)
+                await _back_off(attempt)
+                attempt += 1
 
         nursery.start_soon(retry)
 
@@ -347,9 +347,12 @@ class BrokerService:
                 log.debug("account poll failed", broker=self.name, error=str(exc))
 
 
-async def _backoff(delay: float) -> float:
-    await trio.sleep(delay * random.uniform(0.5, 1.5))
-    return min(delay * 2, RECONNECT_MAX)
+async def _back_off(attempt: int) -> None:
+    """Wait before retry ``attempt`` (1, 2, ...): the same backoff as the streams'."""
+    await trio.sleep(DEFAULT_BACKOFF.delay(attempt, _RANDOM))
+
+
+_RANDOM = random.Random()
 
 
 class Engine:
@@ -526,9 +529,7 @@ class Engine:
         if config.proxy.enabled:
             from rick_core.security.apikeys import KeyChecker
 
-            api_keys = KeyChecker(
-                config.home, vault, audit=functools.partial(_audit_key_check, audits)
-            )
+            api_keys = KeyChecker(config.home, vault)  # the proxy audits each check
         engine = cls(
             store=store,
             brokers=brokers,
@@ -1100,23 +1101,6 @@ def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     """The first exception in ``group``, however deeply nested."""
     first = group.exceptions[0]
     return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _audit_key_check(
-    audits: list[EngineAudit],
-    type: EventType,
-    details: Mapping[str, Any],
-    severity: Severity,
-) -> None:
-    """A refused API key, into the engine's audit trail (the key's name, or unknown)."""
-    from rick_core.security.records import Actor
-
-    if not audits:
-        return
-    actor = Actor(
-        kind="api_key", name=str(details.get("key_name") or "unknown"), source="websocket"
-    )
-    audits[0].offer(AuditRecord(type=type, actor=actor, severity=severity, details=dict(details)))
 
 
 def _build(plugins: PluginSet, kind: Any, name: str, setup: Any, what: str) -> Any:
