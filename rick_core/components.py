@@ -50,6 +50,13 @@ class ComponentSetup:
     the rick home folder for any state the plugin keeps. ``source`` says where
     the component is configured (``/home/x/.rick/rick.toml [brokers.main]``):
     name it in errors about options, so the user knows what to edit.
+
+    ``real_orders`` is True when the engine started in a trading mode that
+    sends real orders (``canary`` or ``live``, see
+    :mod:`rick_core.engine.modes`). The engine already keeps orders from real
+    venues in the other modes; a broker whose account moves real money (as
+    opposed to a venue's demo account) may refuse orders when it is False, a
+    second lock for code that drives the broker without the engine.
     """
 
     name: str
@@ -57,3 +64,4 @@ class ComponentSetup:
     credentials: Credentials = field(factory=NoCredentials)
     home: Path = field(factory=Path.cwd)
     source: str = ""
+    real_orders: bool = False

@@ -471,6 +471,7 @@ class Engine:
         audits: list[EngineAudit] = []  # the engine's, once it exists
         credentials: list[_AuditedCredentials] = []
         used = {s.broker for s in config.strategies.values() if s.enabled}
+        modes = ModeGate.load(config.home, config.canary, canary_source=f"{where} [canary]")
         for name, cfg in config.brokers.items():
             if name not in used:
                 log.info("broker not used by any enabled strategy; not connecting", broker=name)
@@ -488,6 +489,7 @@ class Engine:
                 ),
                 home=config.home,
                 source=f"{where} [brokers.{name}]",
+                real_orders=modes.started.real,
             )
             brokers[name] = _build(plugins, "broker", cfg.kind, setup, f"broker {name!r}")
         strategies: list[tuple[Strategy, str, tuple[str, ...]]] = []
@@ -540,7 +542,7 @@ class Engine:
             large_trade=large_trade,
             risk=parse_risk(config.risk, where) if config.risk else None,
             home=config.home,
-            modes=ModeGate.load(config.home, config.canary, canary_source=f"{where} [canary]"),
+            modes=modes,
             stale_after=config.quotes.stale_after,
             notifiers=notifiers,
             proxy=config.proxy,
