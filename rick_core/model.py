@@ -103,6 +103,10 @@ class OrderType(_ValueEnum):
     STOP = "stop"  # a market order once the price reaches stop_price
     STOP_LIMIT = "stop_limit"  # a limit order at limit_price once the price reaches stop_price
     TRAILING_STOP = "trailing_stop"  # a stop that follows the best price by a distance or percent
+    # A market order once the price touches stop_price from the favourable side: a
+    # buy rests below the market (fires when the ask falls to stop_price or below),
+    # a sell above it (when the bid rises to it or above). The mirror of a stop.
+    MARKET_IF_TOUCHED = "market_if_touched"
 
 
 class TimeInForce(_ValueEnum):
@@ -488,6 +492,13 @@ class OrderRequest:
 
     ``stop_loss`` and ``take_profit`` are prices of protective orders attached
     to the position this order opens.
+
+    Prices by type: ``limit_price`` for limit orders; ``stop_price`` is the
+    trigger of stop orders (a buy fires when the ask rises to it, a sell when
+    the bid falls to it) and, for ``market_if_touched`` orders, the touch price
+    (a buy fires when the ask falls to it, a sell when the bid rises to it);
+    stop-limit orders take both. A market-if-touched order takes no
+    ``limit_price``: once touched it is a market order.
     """
 
     instrument: str = field(validator=_symbol)
@@ -523,15 +534,29 @@ class OrderRequest:
         where = f"order {self.client_order_id} ({self.side.value} {self.instrument})"
         kind = self.type
         needs_limit = kind is OrderType.LIMIT or kind is OrderType.STOP_LIMIT
-        needs_stop = kind is OrderType.STOP or kind is OrderType.STOP_LIMIT
+        touched = kind is OrderType.MARKET_IF_TOUCHED
+        needs_stop = kind is OrderType.STOP or kind is OrderType.STOP_LIMIT or touched
         if needs_limit and self.limit_price is None:
             raise ModelError(f"{where}: a {kind.value} order needs limit_price")
+        if touched and self.stop_price is None:
+            raise ModelError(
+                f"{where}: a market_if_touched order needs stop_price (its touch price: a buy "
+                "fires when the ask falls to it, a sell when the bid rises to it)"
+            )
         if needs_stop and self.stop_price is None:
             raise ModelError(f"{where}: a {kind.value} order needs stop_price")
+        if touched and self.limit_price is not None:
+            raise ModelError(
+                f"{where}: a market_if_touched order takes no limit_price: it fills at market "
+                "once touched, and its touch price goes in stop_price"
+            )
         if not needs_limit and self.limit_price is not None:
             raise ModelError(f"{where}: limit_price is only for limit and stop_limit orders")
         if not needs_stop and self.stop_price is not None:
-            raise ModelError(f"{where}: stop_price is only for stop and stop_limit orders")
+            raise ModelError(
+                f"{where}: stop_price is only for stop and stop_limit orders (the trigger) "
+                "and market_if_touched orders (the touch price)"
+            )
         if kind is OrderType.TRAILING_STOP:
             if (self.trail_distance is None) == (self.trail_percent is None):
                 raise ModelError(
@@ -576,7 +601,10 @@ class OrderRequest:
 
     @property
     def entry_price(self) -> Decimal | None:
-        """The price this order enters at, when known before it fills."""
+        """The price this order enters at, when known before it fills: the limit
+        price, else the trigger price (a stop's or a market-if-touched order's
+        ``stop_price``, where it fires at market); None for market orders and
+        trailing stops. Attached protection is checked against it."""
         return self.limit_price if self.limit_price is not None else self.stop_price
 
 

@@ -122,6 +122,7 @@ class StrategyContext(Protocol):
         stop: Decimal | int | str | None = None,
         trail_distance: Decimal | int | str | None = None,
         trail_percent: Decimal | int | str | None = None,
+        if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
@@ -129,8 +130,11 @@ class StrategyContext(Protocol):
         tag: str = "",
     ) -> Order:
         """Buy ``quantity``: a market order; a limit (``limit=``), stop (``stop=``) or
-        stop-limit (both) order; or a trailing stop (``trail_distance=`` a price
-        distance, or ``trail_percent=``); optionally with an attached stop loss
+        stop-limit (both) order; a trailing stop (``trail_distance=`` a price
+        distance, or ``trail_percent=``); or a market-if-touched order
+        (``if_touched=`` its touch price: a buy rests below the market and fires
+        a market order when the ask falls to it, a sell rests above and fires
+        when the bid rises to it); optionally with an attached stop loss
         and take profit. An order type the broker lacks is held and fired by
         rick from the quotes where it can be (see ``rick_core.engine.emulation``).
 
@@ -150,6 +154,7 @@ class StrategyContext(Protocol):
         stop: Decimal | int | str | None = None,
         trail_distance: Decimal | int | str | None = None,
         trail_percent: Decimal | int | str | None = None,
+        if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
@@ -168,6 +173,7 @@ class StrategyContext(Protocol):
         stop: Decimal | int | str | None = None,
         trail_distance: Decimal | int | str | None = None,
         trail_percent: Decimal | int | str | None = None,
+        if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,

@@ -152,6 +152,96 @@ def test_sell_protection_sides_are_mirrored() -> None:
         attrs.evolve(sell, stop_loss=Decimal("1.07"))
 
 
+# ---------------------------------------------------------------------------
+# market-if-touched: the trigger (touch price) is stop_price; no limit, no trail
+
+
+def test_market_if_touched_requests() -> None:
+    buy = OrderRequest(
+        instrument="EUR_USD",
+        side="buy",
+        quantity=1000,
+        type="market_if_touched",
+        stop_price="1.0750",
+        stop_loss="1.0700",
+        take_profit="1.0850",
+    )
+    assert buy.type is OrderType.MARKET_IF_TOUCHED
+    assert OrderType.parse("MARKET_IF_TOUCHED", what="order type") is OrderType.MARKET_IF_TOUCHED
+    assert buy.time_in_force is TimeInForce.GTC  # it rests: not IOC like a market order
+    # it enters at market once touched: its touch price is the entry protection is judged at
+    assert buy.entry_price == Decimal("1.0750")
+    assert buy.limit_price is None and buy.trail_distance is None and buy.trail_percent is None
+    # a sell rests above the market: its protection is mirrored
+    sell = OrderRequest(
+        instrument="EUR_USD",
+        side="sell",
+        quantity=1000,
+        type=OrderType.MARKET_IF_TOUCHED,
+        stop_price="1.0950",
+        stop_loss="1.1000",
+        take_profit="1.0900",
+    )
+    assert sell.entry_price == Decimal("1.0950")
+    bare = OrderRequest(
+        instrument="EUR_USD", side="sell", quantity=1, type="market_if_touched", stop_price=2
+    )
+    assert (bare.stop_loss, bare.take_profit) == (None, None)
+    assert from_json(OrderRequest, to_json(buy)) == buy
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, r"a market_if_touched order needs stop_price \(its touch price"),
+        (
+            {"stop_price": "1.07", "limit_price": "1.07"},
+            "a market_if_touched order takes no limit_price: it fills at market",
+        ),
+        ({"limit_price": "1.07"}, "a market_if_touched order needs stop_price"),
+        (
+            {"stop_price": "1.07", "trail_distance": "0.001"},
+            "trail_distance and trail_percent are for trailing stops",
+        ),
+        (
+            {"stop_price": "1.07", "trail_percent": "1"},
+            "trail_distance and trail_percent are for trailing stops",
+        ),
+        ({"stop_price": "0"}, "stop_price must be greater than zero"),
+        (
+            {"stop_price": "1.07", "stop_loss": "1.08"},
+            "stop_loss 1.08 is on the wrong side of the entry 1.07",
+        ),
+        (
+            {"stop_price": "1.07", "take_profit": "1.06"},
+            "take_profit 1.06 is on the wrong side of the entry 1.07",
+        ),
+        (
+            {"stop_price": "1.07", "time_in_force": "gtd"},
+            "expire_time is required with GTD",
+        ),
+    ],
+)
+def test_bad_market_if_touched_requests_are_refused(
+    fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ModelError, match=message):
+        OrderRequest(
+            instrument="EUR_USD",
+            side="buy",
+            quantity=Decimal(1000),
+            type="market_if_touched",
+            **fields,  # type: ignore[arg-type]
+        )
+
+
+def test_stop_price_on_other_types_names_market_if_touched() -> None:
+    with pytest.raises(ModelError, match=r"and market_if_touched orders \(the touch price\)"):
+        OrderRequest(instrument="EUR_USD", side="buy", quantity=1, stop_price="1.1")
+    with pytest.raises(ModelError, match=r"unknown order type 'if_touched'.*'market_if_touched'"):
+        OrderRequest(instrument="EUR_USD", side="buy", quantity=1, type="if_touched")
+
+
 def test_order_invariants() -> None:
     request = OrderRequest(instrument="EUR_USD", side="buy", quantity=Decimal(100))
     order = Order(

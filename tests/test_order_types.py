@@ -151,6 +151,29 @@ def test_trailing_stop_trigger_follows_the_best_price() -> None:
             [("1.2", "1.21"), ("1.1", "1.11")],
             1,
         ),
+        # Market-if-touched, the mirror image: a buy fires when the ask falls to the
+        # touch price (not when it rises, as a stop would) ...
+        (
+            {"side": "buy", "type": "market_if_touched", "stop_price": "1.1"},
+            [("1.1", "1.12"), ("1.2", "1.21"), ("1.09", "1.1")],
+            2,
+        ),
+        (
+            {"side": "buy", "type": "market_if_touched", "stop_price": "1.1"},
+            [("1.11", "1.12"), ("1.05", "1.06")],
+            1,
+        ),
+        # ... a sell when the bid rises to it (not when it falls).
+        (
+            {"side": "sell", "type": "market_if_touched", "stop_price": "1.2"},
+            [("1.19", "1.2"), ("1.1", "1.11"), ("1.2", "1.21")],
+            2,
+        ),
+        (
+            {"side": "sell", "type": "market_if_touched", "stop_price": "1.2"},
+            [("1.1", "1.11"), ("1.25", "1.26")],
+            1,
+        ),
     ],
 )
 def test_held_orders_fire_exactly_when_the_quote_reaches_the_trigger(
@@ -211,6 +234,92 @@ async def test_a_native_trailing_stop_goes_to_the_venue(
 
     await run(store, venue, script, seconds=5)
     assert [r.type for r in venue.sent] == [OrderType.MARKET, OrderType.TRAILING_STOP]
+
+
+async def test_a_market_if_touched_order_the_venue_lacks_is_held_and_fired_by_rick(
+    tmp_path: Path, store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    venue = broker(tmp_path, Basic)
+    assert OrderType.MARKET_IF_TOUCHED not in venue.capabilities.order_types
+    touch: list[Decimal] = []
+
+    async def script(ctx: StrategyContext) -> Order:
+        ask = ctx.last_quote("EUR_USD").ask  # type: ignore[union-attr]
+        touch.append(ask - Decimal("0.00010"))
+        # A buy on a dip: it rests below the market until the ask falls to it.
+        held = await ctx.buy("EUR_USD", 1000, if_touched=touch[0])
+        assert held.request.type is OrderType.MARKET_IF_TOUCHED
+        assert held.request.stop_price == touch[0]  # the touch price rides in stop_price
+        assert held.status is OrderStatus.ACCEPTED  # held by rick
+        return held
+
+    engine, held = await run(store, venue, script, seconds=600)
+    # The venue never saw a market-if-touched order: only the fired market order.
+    assert [r.type for r in venue.sent] == [OrderType.MARKET]
+    child = venue.sent[0]
+    assert child.client_order_id == held.client_order_id + ".x"
+    assert (child.side, child.quantity) == (Side.BUY, 1000)
+    assert child.stop_price is None and child.limit_price is None
+    parent = store.get_order(held.client_order_id)
+    assert parent is not None and parent.status is OrderStatus.FILLED
+    fired = store.get_order(child.client_order_id)
+    assert fired is not None and fired.status is OrderStatus.FILLED
+    assert parent.average_fill_price == fired.average_fill_price
+    # Fired on the quote whose ask touched the trigger, and filled at that ask.
+    assert fired.average_fill_price is not None and fired.average_fill_price <= touch[0]
+    # Positions from fills count the child's fill once.
+    assert [p.quantity for p in net_positions(store.fills())] == [1000]
+    assert engine.oms.owner(child.client_order_id) == "s"
+
+
+async def test_held_market_if_touched_orders_wait_on_the_favourable_side(
+    tmp_path: Path, store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    venue = broker(tmp_path, Basic)
+
+    async def script(ctx: StrategyContext) -> list[Order]:
+        quote = ctx.last_quote("EUR_USD")
+        assert quote is not None
+        # Far from the market on the favourable side: held, never touched.
+        dip = await ctx.buy("EUR_USD", 1000, if_touched="0.5")
+        rally = await ctx.sell("EUR_USD", 1000, if_touched="9.5")
+        # A buy whose touch price is above the ask is touched already: it fires at once,
+        # carrying its protection to the market order it fires.
+        above = quote.ask + Decimal("0.01")
+        now = await ctx.buy(
+            "EUR_USD",
+            1000,
+            if_touched=above,
+            stop_loss=quote.bid - Decimal("0.01"),
+            take_profit=above + Decimal("0.01"),
+        )
+        return [dip, rally, now]
+
+    _, (dip, rally, now) = await run(store, venue, script, seconds=60)
+    assert [r.client_order_id for r in venue.sent] == [now.client_order_id + ".x"]
+    (child,) = venue.sent
+    assert child.type is OrderType.MARKET
+    assert (child.stop_loss, child.take_profit) == (now.request.stop_loss, now.request.take_profit)
+    for order in (dip, rally):
+        stored = store.get_order(order.client_order_id)
+        assert stored is not None and stored.status is OrderStatus.ACCEPTED  # still held
+    fired = store.get_order(now.client_order_id)
+    assert fired is not None and fired.status is OrderStatus.FILLED
+
+
+async def test_a_native_market_if_touched_order_goes_to_the_venue(
+    tmp_path: Path, store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    venue = broker(tmp_path)
+    assert OrderType.MARKET_IF_TOUCHED in venue.capabilities.order_types
+
+    async def script(ctx: StrategyContext) -> Order:
+        return await ctx.sell("EUR_USD", 1000, if_touched="9.5")
+
+    _, order = await run(store, venue, script)
+    assert [r.type for r in venue.sent] == [OrderType.MARKET_IF_TOUCHED]
+    assert venue.sent[0].stop_price == Decimal("9.5")
+    assert order.status is OrderStatus.ACCEPTED and order.venue_order_id is not None
 
 
 async def test_cancelling_a_held_order_never_reaches_the_venue(

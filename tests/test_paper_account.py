@@ -915,6 +915,106 @@ def test_books_balance_after_closing_everything(steps: list[tuple[Side, D, D, D]
 
 
 # ---------------------------------------------------------------------------
+# market-if-touched orders: native, the mirror image of a stop
+
+
+def mit(side: str, quantity: str, cid: str, touch: str, **kw: Any) -> OrderRequest:
+    return req("EUR_USD", side, quantity, cid, type="market_if_touched", stop_price=D(touch), **kw)
+
+
+def test_buy_market_if_touched_rests_below_and_fires_when_the_ask_falls_to_it() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    order, events = a.submit(mit("buy", "5000", "m1", "1.09900"), t(1))
+    assert (order.status, fills(events)) == (OrderStatus.ACCEPTED, [])
+    assert a.open_orders() == [order]
+    # the ask rises (where a buy stop would fire): nothing
+    assert a.on_quote(q("EUR_USD", "1.10100", "1.10120", at=2)) == []
+    # the ask falls, but not to the touch price: nothing
+    assert a.on_quote(q("EUR_USD", "1.09890", "1.09910", at=3)) == []
+    # the ask touches 1.09900: a market order now, 2000 (the quoted size) at the ask
+    events = a.on_quote(q("EUR_USD", "1.09880", "1.09900", at=4, ask_size="2000"))
+    assert [(f.side, f.quantity, f.price) for f in fills(events)] == [
+        (Side.BUY, D(2000), D("1.09900"))
+    ]
+    assert orders(events)[-1].status is OrderStatus.PARTIALLY_FILLED
+    # the market moves away: once touched it stays a market order and fills the rest
+    events = a.on_quote(q("EUR_USD", "1.10000", "1.10020", at=5))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(3000), D("1.10020"))]
+    done = orders(events)[-1]
+    # (2000 * 1.09900 + 3000 * 1.10020) / 5000 = 1.09972
+    assert (done.status, done.average_fill_price) == (OrderStatus.FILLED, D("1.09972"))
+    assert position(a, "EUR_USD").quantity == D(5000)
+
+
+def test_sell_market_if_touched_rests_above_and_fires_when_the_bid_rises_to_it() -> None:
+    a = make(slippage=D("0.0001"))
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    order, _ = a.submit(mit("sell", "1000", "m2", "1.10100"), t(1))
+    assert order.status is OrderStatus.ACCEPTED
+    # the bid falls (where a sell stop would fire): nothing
+    assert a.on_quote(q("EUR_USD", "1.09800", "1.09820", at=2)) == []
+    assert a.on_quote(q("EUR_USD", "1.10090", "1.10110", at=3)) == []  # bid below the touch
+    events = a.on_quote(q("EUR_USD", "1.10100", "1.10120", at=4))
+    # touched: a market sell at the bid with slippage: 1.10100 * 0.9999 = 1.1008899 -> 1.10088
+    assert [(f.side, f.quantity, f.price) for f in fills(events)] == [
+        (Side.SELL, D(1000), D("1.10088"))
+    ]
+    assert orders(events)[-1].status is OrderStatus.FILLED
+    assert position(a, "EUR_USD").quantity == D(-1000)
+
+
+def test_market_if_touched_with_the_market_already_there_fills_at_once_and_fok_checks_it() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    # a buy whose touch price is above the ask: the ask is already at or below it
+    order, events = a.submit(mit("buy", "1000", "m3", "1.10050"), t(1))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(1000), D("1.10020"))]
+    assert order.status is OrderStatus.FILLED
+    # a sell whose touch price is below the bid: fills at the bid
+    order, events = a.submit(mit("sell", "1000", "m4", "1.09950"), t(2))
+    assert [(f.quantity, f.price) for f in fills(events)] == [(D(1000), D("1.10000"))]
+    # fill or kill: an untouched one has nothing available now
+    with pytest.raises(OrderRejected, match="fill or kill: only 0 available"):
+        a.submit(mit("buy", "1000", "m5", "1.09900", time_in_force="fok"), t(3))
+    order, _ = a.submit(mit("buy", "1000", "m6", "1.10020", time_in_force="fok"), t(3))
+    assert order.status is OrderStatus.FILLED  # the ask 1.10020 touches 1.10020
+
+
+def test_market_if_touched_carries_its_protection_to_the_position() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    entry = mit("buy", "1000", "m7", "1.09900", stop_loss=D("1.09500"), take_profit=D("1.10500"))
+    a.submit(entry, t(1))
+    events = a.on_quote(q("EUR_USD", "1.09880", "1.09900", at=2))
+    assert [f.price for f in fills(events)] == [D("1.09900")]
+    pos = position(a, "EUR_USD")
+    assert (pos.stop_loss, pos.take_profit) == (D("1.09500"), D("1.10500"))
+    events = a.on_quote(q("EUR_USD", "1.09490", "1.09510", at=3))
+    assert [f.client_order_id for f in fills(events)] == ["m7.sl"]
+    assert a.positions() == []
+
+
+def test_a_touched_market_if_touched_order_stays_touched_through_a_restore() -> None:
+    a = make()
+    a.on_quote(q("EUR_USD", "1.10000", "1.10020"))
+    a.submit(mit("buy", "5000", "m8", "1.09900"), t(1))
+    a.submit(mit("sell", "1000", "m9", "1.10500"), t(1))
+    a.on_quote(q("EUR_USD", "1.09880", "1.09900", at=2, ask_size="2000"))  # m8 touched, part
+    data = json.loads(json.dumps(a.snapshot()))
+    b = PaperAccount.restore("paper", PaperSettings(), INSTRUMENTS, data, id_factory=lambda: "u")
+    assert b.open_orders() == a.open_orders()
+    later = [q("EUR_USD", "1.10000", "1.10020", at=3), q("EUR_USD", "1.10500", "1.10520", at=4)]
+    out_a = [e for quote in later for e in a.on_quote(quote)]
+    out_b = [e for quote in later for e in b.on_quote(quote)]
+    assert out_a == out_b
+    assert [(f.client_order_id, f.quantity, f.price) for f in fills(out_a)] == [
+        ("m8", D(3000), D("1.10020")),  # still a market order, though the ask moved away
+        ("m9", D(1000), D("1.10500")),  # the bid rose to the sell's touch price
+    ]
+
+
+# ---------------------------------------------------------------------------
 # stop-limit orders
 
 

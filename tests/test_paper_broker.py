@@ -51,7 +51,7 @@ def broker(tmp_path: Path, **options: Any) -> PaperBroker:
         (
             {"order_types": ["market", "iceberg"]},
             r"order_types: unknown name 'iceberg'; the paper broker takes 'market', 'limit', "
-            r"'stop', 'stop_limit', 'trailing_stop'",
+            r"'stop', 'stop_limit', 'trailing_stop', 'market_if_touched'",
         ),
         ({"time_in_force": ["gtc", "gtx"]}, r"time_in_force: unknown name 'gtx'"),
         ({"attached_protection": "no"}, r"attached_protection must be true or false"),
@@ -238,6 +238,7 @@ async def test_a_narrowed_broker_refuses_what_it_does_not_claim(tmp_path: Path) 
         "stop orders": dict(type="stop", stop_price=above),
         "stop_limit orders": dict(type="stop_limit", stop_price=above, limit_price=above),
         "trailing_stop orders": dict(type="trailing_stop", trail_percent=Decimal(1)),
+        "market_if_touched orders": dict(type="market_if_touched", stop_price=below),
         "time in force fok": dict(time_in_force="fok"),
         "attached stop loss": dict(stop_loss=below),
         "attached take profit": dict(take_profit=above),
@@ -264,6 +265,65 @@ async def test_a_narrowed_broker_refuses_what_it_does_not_claim(tmp_path: Path) 
         await b.replace_position_protection("EUR_USD", stop_loss=below)
     (position,) = await b.positions()
     assert position.stop_loss is None
+    await b.close()
+
+
+async def test_order_types_can_name_market_if_touched(tmp_path: Path) -> None:
+    b = broker(
+        tmp_path,
+        persist=False,
+        speed=0,
+        instruments=["EUR_USD"],
+        order_types=["market", "Market_If_Touched"],
+    )
+    assert b.capabilities.order_types == frozenset({OrderType.MARKET, OrderType.MARKET_IF_TOUCHED})
+    await b.connect()
+    quote = await b.quote("EUR_USD")
+    with pytest.raises(Unsupported, match="stop orders are not supported"):
+        await b.place_order(
+            OrderRequest(
+                instrument="EUR_USD",
+                side="buy",
+                quantity=1000,
+                type="stop",
+                stop_price=quote.ask + Decimal("0.05000"),
+            )
+        )
+    # a buy rests below the market, a sell above it: both wait to be touched
+    dip = OrderRequest(
+        instrument="EUR_USD",
+        side="buy",
+        quantity=1000,
+        type="market_if_touched",
+        stop_price=quote.ask - Decimal("0.05000"),
+    )
+    rally = OrderRequest(
+        instrument="EUR_USD",
+        side="sell",
+        quantity=1000,
+        type="market_if_touched",
+        stop_price=quote.bid + Decimal("0.05000"),
+    )
+    for request in (dip, rally):
+        placed = await b.place_order(request)
+        assert (placed.status, placed.filled_quantity) == (OrderStatus.ACCEPTED, 0)
+    assert [o.client_order_id for o in await b.open_orders()] == [
+        dip.client_order_id,
+        rally.client_order_id,
+    ]
+    # one with the market already through its touch price fills at once, at market
+    through = await b.place_order(
+        OrderRequest(
+            instrument="EUR_USD",
+            side="buy",
+            quantity=1000,
+            type="market_if_touched",
+            stop_price=quote.ask + Decimal("0.05000"),
+        )
+    )
+    assert through.status is OrderStatus.FILLED
+    assert through.average_fill_price is not None
+    assert through.average_fill_price < quote.ask + Decimal("0.05000")
     await b.close()
 
 

@@ -86,6 +86,26 @@ def test_max_order_notional_uses_entry_or_reference_and_rate() -> None:
     denied(charter, ctx(quantity=1000, rate="1.5"), ReasonCode.MAX_ORDER_NOTIONAL)
 
 
+def test_market_if_touched_orders_are_judged_at_their_touch_price() -> None:
+    # stop_price is a market-if-touched order's touch price: its entry, as a stop's is
+    charter = Charter(Limits(max_order_notional=D(1100), min_reward_to_risk=D(2)))
+    mit = {"type": "market_if_touched"}
+    charter.check(ctx(quantity=1000, stop_price="1.05", price="2", **mit))  # 1050 <= 1100
+    message = denied(
+        charter,
+        ctx(quantity=1000, stop_price="1.11", price="1", **mit),
+        ReasonCode.MAX_ORDER_NOTIONAL,
+    )
+    assert "order notional 1110" in message
+    # reward to risk from the touch price 1.00, not the reference 1.10: 0.02 / 0.01
+    charter.check(ctx(stop_price="1.00", stop_loss="0.99", take_profit="1.02", price="1.10", **mit))
+    denied(
+        charter,
+        ctx("sell", stop_price="1.10", stop_loss="1.11", take_profit="1.09", price="1", **mit),
+        ReasonCode.REWARD_TO_RISK,
+    )
+
+
 def test_max_position_absolute_after_order() -> None:
     charter = Charter(Limits(max_position=D(2000)))
     charter.check(ctx(quantity=1000, position=1000))  # 2000 == limit

@@ -18,7 +18,7 @@ from attrs import frozen
 from rick_core.components import ComponentSetup
 from rick_core.engine.hosting import QUOTE_BUFFER, _Inbox
 from rick_core.engine.runtime import Engine
-from rick_core.model import Fill, Order, OrderStatus, Quote
+from rick_core.model import Fill, Order, OrderStatus, OrderType, Quote, TimeInForce
 from rick_core.paper.broker import PaperBroker
 from rick_core.store import Store
 from rick_core.strategy import Strategy, StrategyError, StrategySetup
@@ -234,6 +234,12 @@ class Trader(Recorder):
             await self.ctx.buy("EUR_USD", 1000, limit=1.1)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="trail_distance= or trail_percent= only"):
             await self.ctx.buy("EUR_USD", 1000, limit=1, trail_distance=2)
+        for other in ({"limit": 1}, {"stop": 1}, {"trail_percent": 1}):
+            with pytest.raises(ValueError, match="takes if_touched= \\(its touch price\\) only"):
+                self.ctx.request("buy", "EUR_USD", 1000, if_touched=1, **other)
+        touched = self.ctx.request("sell", "EUR_USD", 1000, if_touched="1.5")
+        assert (touched.type, touched.stop_price) == (OrderType.MARKET_IF_TOUCHED, Decimal("1.5"))
+        assert touched.limit_price is None and touched.time_in_force is TimeInForce.GTC
         self.calls.append("start")
 
 

@@ -1,12 +1,12 @@
 """Orders the core runs itself when a venue cannot: trigger orders (stop,
-stop-limit, trailing stop) held by rick and fired from the quote stream, and
-one-cancels-other pairs.
+stop-limit, trailing stop, market-if-touched) held by rick and fired from the
+quote stream, and one-cancels-other pairs.
 
 Whether an order is native or emulated is decided from the broker's
 :class:`~rick_core.broker.Capabilities`: an order type the venue claims goes
 to the venue; a trigger order it does not claim is *held* by rick when the
-venue can take what the trigger fires (a market order for a stop or a
-trailing stop, a limit order for a stop-limit).
+venue can take what the trigger fires (a market order for a stop, a trailing
+stop or a market-if-touched order, a limit order for a stop-limit).
 
 A held order is stored like any other (it passes the risk charter and the
 audit when placed) and is ``accepted``: working, held by rick. When a quote
@@ -23,6 +23,10 @@ highest bid (trigger = best - distance, or best x (1 - percent/100)) and fires
 when the bid falls to the trigger; a buy trails the lowest ask and fires when
 the ask rises to it. Stops trigger on the touch the same way (a buy stop when
 the ask reaches the stop price, a sell stop when the bid does).
+Market-if-touched orders trigger from the other side, as a limit would fill: a
+buy (resting below the market) when the ask falls to its ``stop_price`` or
+below, a sell (resting above) when the bid rises to it or above; either then
+fires a market order.
 
 Held orders live in the running engine; a held order found working in the
 store at start (rick stopped while holding it) is taken up again by
@@ -64,7 +68,9 @@ __all__ = ["Emulator", "trigger_price"]
 
 log = structlog.get_logger("rick.emulation")
 
-_TRIGGERS = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
+_TRIGGERS = frozenset(
+    {OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP, OrderType.MARKET_IF_TOUCHED}
+)
 _HUNDRED = Decimal(100)
 
 
@@ -286,6 +292,9 @@ class Emulator:
         else:
             assert request.stop_price is not None
             trigger = request.stop_price
+            if request.type is OrderType.MARKET_IF_TOUCHED:
+                # Touched from the favourable side: the mirror image of a stop.
+                return touch >= trigger if sell else touch <= trigger
         return touch <= trigger if sell else touch >= trigger
 
     # -- order events --------------------------------------------------------

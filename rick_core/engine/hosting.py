@@ -280,6 +280,7 @@ class StrategyRunner:
         stop: Decimal | int | str | None = None,
         trail_distance: Decimal | int | str | None = None,
         trail_percent: Decimal | int | str | None = None,
+        if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
@@ -289,8 +290,16 @@ class StrategyRunner:
         trailing = trail_distance is not None or trail_percent is not None
         if trailing and (limit is not None or stop is not None):
             raise ValueError("a trailing stop takes trail_distance= or trail_percent= only")
+        touched = if_touched is not None
+        if touched and (limit is not None or stop is not None or trailing):
+            raise ValueError(
+                "a market-if-touched order takes if_touched= (its touch price) only: "
+                "it fills at market once touched"
+            )
         kind = (
-            OrderType.TRAILING_STOP
+            OrderType.MARKET_IF_TOUCHED
+            if touched
+            else OrderType.TRAILING_STOP
             if trailing
             else OrderType.STOP_LIMIT
             if limit is not None and stop is not None
@@ -309,7 +318,7 @@ class StrategyRunner:
             quantity=_price(quantity),  # type: ignore[arg-type]  # never None here
             type=kind,
             limit_price=_price(limit),
-            stop_price=_price(stop),
+            stop_price=_price(if_touched if touched else stop),  # MIT: the touch price
             trail_distance=_price(trail_distance),
             trail_percent=_price(trail_percent),
             stop_loss=_price(stop_loss),

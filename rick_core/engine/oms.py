@@ -84,7 +84,9 @@ FLUSH_DELAY = 0.002
 _FINAL_MEMORY = 10_000
 _OWNER_MEMORY = 100_000
 
-_TRIGGERS = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
+_TRIGGERS = frozenset(
+    {OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP, OrderType.MARKET_IF_TOUCHED}
+)
 
 Listener = Callable[[str | None, Order | Fill], None]
 """Told of every stored order change and new fill: (owning strategy or None, event)."""

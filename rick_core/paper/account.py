@@ -13,14 +13,19 @@ The simulation in short
   buys at the ask, sells at the bid. A fill takes at most the quoted size on its
   side (``ask_size`` for buys, ``bid_size`` for sells; ``None`` is unlimited), and
   each quote's size is consumed once, by all of rick's orders together.
-- Market orders and triggered stops pay ``slippage`` (a fraction of the price,
-  rounded to the instrument's ``price_increment`` away from the trader); limit
-  orders fill at the touch when it is at or better than their limit, without
-  slippage.
+- Market orders, triggered stops and triggered market-if-touched orders pay
+  ``slippage`` (a fraction of the price, rounded to the instrument's
+  ``price_increment`` away from the trader); limit orders fill at the touch
+  when it is at or better than their limit, without slippage.
 - A stop order triggers when the touch reaches its ``stop_price`` (a buy's ask at
   or above it, a sell's bid at or below it) and then trades as a market order.
   A stop-limit order triggers the same way and then works as a limit order at
   its ``limit_price`` (filled on the triggering quote when that quote allows).
+  A market-if-touched order is the mirror image of a stop: it triggers when the
+  touch comes to its ``stop_price`` (its touch price) from the favourable side
+  (a buy's ask at or below it, a sell's bid at or above it) and then trades as
+  a market order, paying ``slippage`` like a triggered stop. Submitted with the
+  market already there, it fills at once.
   Once triggered, an order stays triggered whatever the price does next.
 - A trailing stop is native: it remembers the best touch since it was accepted
   (a sell's highest bid, a buy's lowest ask) and triggers, as a market order,
@@ -240,9 +245,9 @@ class PaperSettings:
     ``leverage`` trades at 1:1, one missing from ``fees`` trades free);
     ``instrument_fees`` overrides the fee rate per symbol. Fees are fractions of
     the notional (0.0005 is 5 basis points). ``slippage`` is a fraction of the
-    price that market orders, triggered stops and stop-loss closes pay. When the
-    equity falls below ``maintenance_ratio`` times the margin used, every
-    position is closed.
+    price that market orders, triggered stops and market-if-touched orders, and
+    stop-loss closes pay. When the equity falls below ``maintenance_ratio``
+    times the margin used, every position is closed.
     """
 
     currency: str = "USD"
@@ -374,6 +379,15 @@ def _stop_reached(request: OrderRequest, touch: Decimal) -> bool:
     stop = request.stop_price
     assert stop is not None  # the model requires it
     return touch >= stop if request.side is Side.BUY else touch <= stop
+
+
+def _touched(request: OrderRequest, touch: Decimal) -> bool:
+    """Whether ``touch`` came to the touch price (``stop_price``) of a market-if-touched
+    ``request`` from the favourable side: a buy's ask at or below it, a sell's bid at or
+    above it (the opposite direction of :func:`_stop_reached`)."""
+    price = request.stop_price
+    assert price is not None  # the model requires it
+    return touch <= price if request.side is Side.BUY else touch >= price
 
 
 def _within_limit(request: OrderRequest, touch: Decimal) -> bool:
@@ -531,7 +545,7 @@ class PaperAccount:
         self._positions: dict[str, _Holding] = {}
         self._working: dict[str, Order] = {}  # insertion order is submission order
         self._final: dict[str, Order] = {}  # oldest first, bounded by _FINAL_HISTORY
-        self._triggered: set[str] = set()  # stop orders whose stop price was reached
+        self._triggered: set[str] = set()  # stop / if-touched orders whose trigger was reached
         self._protection_applied: set[str] = set()  # working orders that set protection
         self._trail: dict[str, Decimal] = {}  # trailing stops: the best touch since accepted
         self._fills: deque[Fill] = deque(maxlen=_FILL_HISTORY)  # oldest first
@@ -1158,6 +1172,8 @@ class PaperAccount:
             request, touch
         ):
             return _ZERO
+        if kind is OrderType.MARKET_IF_TOUCHED and not _touched(request, touch):
+            return _ZERO
         if (kind is OrderType.LIMIT or kind is OrderType.STOP_LIMIT) and not _within_limit(
             request, touch
         ):
@@ -1274,11 +1290,14 @@ class PaperAccount:
             price = touch  # at or better than the limit: the trader gets the improvement
         elif kind is OrderType.MARKET:
             price = self._slipped(instrument, side, touch)
-        else:  # the stops: nothing happens until triggered, and then they stay triggered
+        else:  # the triggers (stops, if touched): nothing happens until triggered, then
+            # they stay triggered
             client_order_id = order.client_order_id
             if client_order_id not in self._triggered:
                 if kind is OrderType.TRAILING_STOP:
                     reached = self._trail_reached(order, touch)
+                elif kind is OrderType.MARKET_IF_TOUCHED:
+                    reached = _touched(request, touch)
                 else:
                     reached = _stop_reached(request, touch)
                 if not reached:

@@ -16,7 +16,8 @@ Options (``[brokers.<name>]`` with ``kind = "paper"``), all optional:
 ``leverage``           table of asset class -> leverage (fx 50, crypto 2, equity 4)
 ``fees``               table of asset class -> fee rate of notional
 ``instrument_fees``    table of symbol -> fee rate, overriding ``fees``
-``slippage``           fraction of price paid on market and stop fills (default 0)
+``slippage``           fraction of price paid on market, stop and market-if-touched
+                       fills (default 0)
 ``maintenance_ratio``  close out when equity < ratio x margin used (default 0.5)
 ``persist``            keep the account (balance, positions, working orders,
                        fills) between runs, and through a crash, in
@@ -24,7 +25,8 @@ Options (``[brokers.<name>]`` with ``kind = "paper"``), all optional:
                        (default true)
 ``order_types``        the order types the broker claims and takes (default all:
                        ``["market", "limit", "stop", "stop_limit",
-                       "trailing_stop"]``); others raise ``Unsupported``
+                       "trailing_stop", "market_if_touched"]``); others raise
+                       ``Unsupported``
 ``time_in_force``      the times in force it claims and takes (default all:
                        ``["gtc", "gtd", "day", "ioc", "fok"]``)
 ``attached_protection``  whether orders may carry a stop loss / take profit, and

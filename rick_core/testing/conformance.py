@@ -1074,6 +1074,13 @@ class BrokerConformance:
                     type=OrderType.TRAILING_STOP,
                     trail_percent=Decimal(1),
                 )
+            if OrderType.MARKET_IF_TOUCHED not in capabilities.order_types:
+                case(
+                    "a market-if-touched order",
+                    side=Side.BUY,
+                    type=OrderType.MARKET_IF_TOUCHED,
+                    stop_price=below,  # a buy touches from above: it rests below the market
+                )
             for tif in TimeInForce:
                 if tif not in capabilities.time_in_force:
                     expire = utc_now() + timedelta(days=1) if tif is TimeInForce.GTD else None
