@@ -112,11 +112,11 @@ class OandaOptions:
                 "your v20 account id, as OANDA shows it (101-004-1234567-001)",
                 "nothing",
             )
-        if not isinstance(account_id, str) or not _ACCOUNT_ID.match(account_id):
+        if not isinstance(account_id, str) or not _ACCOUNT_ID.fullmatch(account_id):
             self._fail("account_id", "a v20 account id such as 101-004-1234567-001", account_id)
         self.account_id: str = account_id
         env_name = raw.get("environment", "practice")
-        if env_name not in ENVIRONMENTS:
+        if not isinstance(env_name, str) or env_name not in ENVIRONMENTS:
             self._fail("environment", '"practice" or "live"', env_name)
         self.environment: Environment = ENVIRONMENTS[env_name]
         self.rest_url = self._url(raw.get("rest_url"), "rest_url", self.environment.rest_url)
@@ -156,8 +156,13 @@ class OandaOptions:
         if not isinstance(value, str):
             self._fail(key, "an http:// or https:// URL", value)
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            self._fail(key, "an http:// or https:// URL with no query", value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            self._fail(key, "an http:// or https:// URL with no query or fragment", value)
         return value.rstrip("/")
 
     def _number(self, value: object, key: str, expected: str) -> float:

@@ -24,7 +24,9 @@ __all__ = ["PacedBackend", "Pacer"]
 class Pacer:
     """At most ``rate`` events in any window of ``window`` seconds.
 
-    ``rate`` below 1 means one event per ``window / rate`` seconds. Each caller
+    ``rate`` below 1 means one event per ``window / rate`` seconds; a fractional
+    rate above 1 is rounded down. ``clock`` is read to judge the window (a
+    test may pass its own); waits always sleep on trio's clock. Each caller
     reserves its slot before it sleeps, so concurrent callers are admitted in
     the order they asked, and the reservations never exceed the rate.
     """
@@ -38,8 +40,10 @@ class Pacer:
     ) -> None:
         if not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"rate must be a positive number, got {rate!r}")
+        # A fractional rate is rounded down (99.5 admits 99 a window), never
+        # turned into a shorter window, which would let two bursts into one.
         self.count = max(1, math.floor(rate))
-        self.window = window * self.count / rate
+        self.window = window if rate >= 1 else window / rate
         self._clock = clock
         self._times: deque[float] = deque()
         self.waited = 0

@@ -10,6 +10,7 @@ timezone-aware UTC (to the microsecond).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -46,6 +47,9 @@ __all__ = [
     "protection_id",
     "request_from",
 ]
+
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
+"""rick's client order id rule (:mod:`rick_core.model`)."""
 
 FOREIGN_PREFIX: Final = "oanda-"
 """Client order id given to an order rick did not place: ``oanda-<v20 order id>``."""
@@ -240,7 +244,7 @@ class PriceParser:
         try:
             data = json.loads(raw)
             kind = data.get("type")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             self.dropped += 1
             return None
         if kind == "HEARTBEAT":
@@ -271,7 +275,7 @@ class PriceParser:
                 bid_size=Decimal(best_bid["liquidity"]) if "liquidity" in best_bid else None,
                 ask_size=Decimal(best_ask["liquidity"]) if "liquidity" in best_ask else None,
             )
-        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError):
+        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError):
             self.dropped += 1
             return None
         self.parsed += 1
@@ -357,13 +361,19 @@ def _side_and_quantity(units: Any, what: str) -> tuple[Side, Decimal]:
     return (Side.BUY if value > 0 else Side.SELL), abs(value)
 
 
+def _usable_id(value: Any) -> bool:
+    """Whether ``value`` can be a rick client order id (other software may use
+    ids rick's model does not take: spaces, more than 64 characters)."""
+    return isinstance(value, str) and _CLIENT_ID.fullmatch(value) is not None
+
+
 def _client_id(data: Mapping[str, Any], order_id: Any) -> tuple[str, str]:
     extensions = data.get("clientExtensions")
     if isinstance(extensions, Mapping):
         coid = extensions.get("id")
         tag = extensions.get("tag") or ""
-        if isinstance(coid, str) and coid:
-            return coid, str(tag)
+        if _usable_id(coid):
+            return str(coid), str(tag)
         return f"{FOREIGN_PREFIX}{order_id}", str(tag)
     return f"{FOREIGN_PREFIX}{order_id}", ""
 
@@ -394,10 +404,13 @@ def request_from(data: Mapping[str, Any], v20_type: str, order_id: Any) -> Order
     )
 
 
-def order_from(data: Mapping[str, Any], broker: str) -> Order | None:
+def order_from(data: Mapping[str, Any], broker: str, fill: Fill | None = None) -> Order | None:
     """A v20 Order (GET /orders, /pendingOrders, /orders/{specifier}) as a rick
     Order; None for orders that hang on a trade (stop loss, take profit,
-    trailing stop: rick shows them as the position's protection)."""
+    trailing stop: rick shows them as the position's protection).
+
+    A FILLED order needs ``fill``, its filling transaction (v20's Order has no
+    fill price); without it, :class:`ValueError`."""
     v20_type = str(data.get("type"))
     if v20_type not in ENTRY_TYPES:
         return None
@@ -410,9 +423,11 @@ def order_from(data: Mapping[str, Any], broker: str) -> Order | None:
     filled = Decimal(0)
     average = None
     if status is OrderStatus.FILLED:
-        filled = request.quantity
-        if data.get("filledTime"):
-            updated = parse_time(data["filledTime"])
+        if fill is None:
+            raise ValueError(f"order {order_id} is filled: its fill transaction is needed")
+        filled = fill.quantity
+        average = fill.price
+        updated = fill.time
     elif status is OrderStatus.CANCELED and data.get("cancelledTime"):
         updated = parse_time(data["cancelledTime"])
     fields: dict[str, Any] = {}
@@ -448,9 +463,7 @@ def fill_from(tx: Mapping[str, Any], broker: str, currency: str) -> Fill:
     fee += _decimal(tx.get("guaranteedExecutionFee", "0"), "guaranteedExecutionFee")
     return Fill(
         fill_id=str(tx["id"]),
-        client_order_id=client
-        if isinstance(client, str) and client
-        else f"{FOREIGN_PREFIX}{order_id}",
+        client_order_id=str(client) if _usable_id(client) else f"{FOREIGN_PREFIX}{order_id}",
         instrument=str(tx["instrument"]),
         side=side,
         quantity=quantity,
@@ -503,6 +516,15 @@ class OrderCache:
         while len(orders) > self.limit:
             del orders[next(iter(orders))]
         return order
+
+
+def created_times(data: Mapping[str, Any]) -> dict[str, datetime]:
+    """``created_at`` and ``updated_at`` from a v20 Order's ``createTime``, if any."""
+    when = data.get("createTime")
+    if not isinstance(when, str):
+        return {}
+    at = parse_time(when)
+    return {"created_at": at, "updated_at": at}
 
 
 def created_order(tx: Mapping[str, Any], broker: str) -> Order:
