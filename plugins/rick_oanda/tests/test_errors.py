@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from rick_oanda.http import V20Error, venue_error
 
 from rick_core.broker import (
     AuthenticationFailed,
@@ -13,6 +12,7 @@ from rick_core.broker import (
     RateLimited,
     TemporarilyUnavailable,
 )
+from rick_oanda.http import V20Error, venue_error
 
 UNAUTHORIZED = {"errorMessage": "Insufficient authorization to perform request."}
 

@@ -6,9 +6,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from rick_oanda.options import OandaOptions
 
 from rick_core.components import ComponentSetup
+from rick_oanda.options import OandaOptions
 
 SOURCE = "/home/x/.rick/rick.toml [brokers.fx]"
 ACCOUNT = "101-004-1234567-001"

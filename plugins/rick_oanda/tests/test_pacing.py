@@ -11,6 +11,7 @@ import httpcore
 import pytest
 import trio
 import trio.testing
+
 from rick_oanda.pacing import PacedBackend, Pacer
 
 EPSILON = 1e-9

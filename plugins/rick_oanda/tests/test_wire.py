@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from rick_oanda import wire
 
 from rick_core.broker import HEARTBEAT, OrderRejected, Unsupported
 from rick_core.model import (
@@ -22,6 +21,7 @@ from rick_core.model import (
     Side,
     TimeInForce,
 )
+from rick_oanda import wire
 
 BROKER = "fx"
 
