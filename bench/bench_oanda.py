@@ -181,7 +181,7 @@ class Recorded:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    async def aiter_raw(self, size: int) -> AsyncIterator[bytes]:
+    async def aiter_raw(self, size: int = 65536) -> AsyncIterator[bytes]:
         for start in range(0, len(self.data), size):
             yield self.data[start : start + size]
 

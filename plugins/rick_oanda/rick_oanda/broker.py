@@ -102,9 +102,6 @@ market orders are FOK or IOC, pending orders GTC, GTD or GFD (day)."""
 
 ALREADY_EXISTS: Final = "CLIENT_ORDER_ID_ALREADY_EXISTS"
 
-SINCE_ID_LIMIT: Final = 1000
-"""v20 answers ``sinceid`` with at most this many transactions; more are paged."""
-
 
 class OandaBroker(Broker):
     """One v20 account. See the module documentation for the mapping."""
@@ -262,7 +259,16 @@ class OandaBroker(Broker):
         return self._placed(request, data)
 
     def _order_error(self, status: int, data: dict[str, Any], what: str) -> BrokerError:
-        reject = data.get("orderRejectTransaction")
+        # The reject transaction's key names what was refused: orderReject...,
+        # stopLossOrderReject..., longOrderReject..., orderCancelReject...
+        reject = next(
+            (
+                value
+                for key, value in data.items()
+                if key.endswith("RejectTransaction") and isinstance(value, dict)
+            ),
+            None,
+        )
         code = None
         if isinstance(reject, dict):
             code = reject.get("rejectReason")
@@ -295,11 +301,17 @@ class OandaBroker(Broker):
             )
         return attrs.evolve(found, request=request)
 
-    def _placed(self, request: OrderRequest, data: dict[str, Any]) -> Order:
-        """The order an accepted create made (201), or the venue's refusal of it."""
+    def _placed(
+        self, request: OrderRequest, data: dict[str, Any], cancelled: str = "orderCancelTransaction"
+    ) -> Order:
+        """The order an accepted create made (201), or the venue's refusal of it.
+
+        ``cancelled`` names the key of the new order's immediate cancel: a
+        replace answer's ``orderCancelTransaction`` is the old order's, and
+        the new one's is ``replacingOrderCancelTransaction``."""
         created = data.get("orderCreateTransaction") or {}
         fill = data.get("orderFillTransaction")
-        cancel = data.get("orderCancelTransaction")
+        cancel = data.get(cancelled)
         when = created.get("time")
         order = Order(
             request=request,
@@ -384,7 +396,7 @@ class OandaBroker(Broker):
         self._note_transaction(data.get("lastTransactionID"))
         if status >= 300:
             raise self._order_error(status, data, what)
-        replaced = self._placed(wanted, data)
+        replaced = self._placed(wanted, data, "replacingOrderCancelTransaction")
         return attrs.evolve(
             replaced,
             request=attrs.evolve(
@@ -680,7 +692,9 @@ class OandaBroker(Broker):
         kind = str(tx.get("type"))
         try:
             if kind in wire.CREATE_TRANSACTIONS:
-                order = self.orders.put(wire.created_order(tx, self.name))
+                order = wire.created_order(tx, self.name)
+                if self.orders.get(str(tx["id"])) is None:  # the POST's answer may be ahead
+                    self.orders.put(order)
                 return [order]
             if kind in wire.REJECT_TRANSACTIONS:
                 return [wire.rejected_order(tx, self.name)]
@@ -726,6 +740,8 @@ class OandaBroker(Broker):
         order = await self._order_of(str(tx.get("orderID")))
         if order is None:
             return [fill]
+        if order.filled_quantity + fill.quantity > order.request.quantity:
+            return [fill, order]  # counted already: the POST's answer carried this fill
         done = self.orders.put(wire.filled_order(order, fill))
         return [fill, done]
 

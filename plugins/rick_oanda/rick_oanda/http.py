@@ -53,8 +53,6 @@ log = structlog.get_logger("rick.oanda")
 RATE_LIMIT_BACKOFF: Final = Backoff(initial=0.25, maximum=8.0, factor=2.0, jitter=0.2)
 """Waits between the retries of a request answered 429 (unless it says how long)."""
 
-STREAM_CHUNK: Final = 65536
-
 
 class V20Error(BrokerError):
     """A v20 error answer that fits no narrower kind (a 400 outside an order
@@ -341,7 +339,9 @@ async def _lines(response: httpx.Response, *, what: str, broker: str) -> AsyncIt
     """The lines of a chunked v20 stream, as they complete."""
     tail = b""
     try:
-        async for chunk in response.aiter_raw(STREAM_CHUNK):
+        # No chunk size: httpx would hold data back until that much arrived,
+        # and a heartbeat is 80 bytes.
+        async for chunk in response.aiter_raw():
             if tail:
                 chunk = tail + chunk
             *lines, tail = chunk.split(b"\n")

@@ -71,7 +71,8 @@ ENVIRONMENTS: Final = {
 }
 
 MAX_REQUESTS_PER_SECOND: Final = 100
-"""OANDA's documented limit of REST requests per second on one connection."""
+"""OANDA's recommended most REST requests per second on one connection (its
+hard limit, 120 per second per IP address, is answered 429)."""
 
 MAX_CONNECTIONS_PER_SECOND: Final = 2
 """OANDA's documented limit of new connections per second."""

@@ -1,8 +1,9 @@
 """Pacing requests and new connections under OANDA's documented rates.
 
-OANDA allows 100 REST requests per second on a connection and 2 new
-connections per second; above that it answers 429. rick stays under both
-instead of learning them from errors: :class:`Pacer` admits at most ``rate``
+OANDA recommends at most 100 REST requests per second on a connection (its
+hard limit is 120 per second per IP address, answered 429 above that) and
+allows 2 new connections per second. rick stays under both instead of
+learning them from errors: :class:`Pacer` admits at most ``rate``
 events in any window of one second (a sliding window, so a burst of 100 goes
 at once and the 101st waits for the first to be a second old), and
 :class:`PacedBackend` puts every new TCP connection httpx opens through one.
