@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import TOKEN
 
 from rick_oanda.fake import FakeInstrument, FakeV20, format_time
 
 ACCOUNT = "/v3/accounts/101-004-1234567-001"
-AUTH = {"Authorization": "Bearer fake-token"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 
 Message = dict[str, Any]
@@ -588,7 +589,9 @@ async def test_invalid_orders_are_rejected(
 
 
 async def test_more_rejects(nursery: trio.Nursery) -> None:
-    fake = FakeV20(instruments=[FakeInstrument("EUR_USD", minimum_trade_size=Decimal(100))])
+    fake = FakeV20(
+        token=TOKEN, instruments=[FakeInstrument("EUR_USD", minimum_trade_size=Decimal(100))]
+    )
     await nursery.start(fake.serve)
     async with httpx.AsyncClient(base_url=fake.url, headers=AUTH, timeout=5) as http:
         small = await place(http, type="MARKET", instrument="EUR_USD", units="-99")
@@ -711,7 +714,7 @@ async def test_pricing_stream_snapshot_ticks_and_heartbeats(
 
 
 async def test_pricing_stream_without_snapshot(nursery: trio.Nursery) -> None:
-    fake = FakeV20(heartbeat=0.1, price_interval=0)  # no random walk
+    fake = FakeV20(token=TOKEN, heartbeat=0.1, price_interval=0)  # no random walk
     await nursery.start(fake.serve)
     async with (
         httpx.AsyncClient(base_url=fake.url, headers=AUTH, timeout=5) as http,
