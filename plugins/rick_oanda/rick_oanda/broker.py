@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 from urllib.parse import quote as urlquote
@@ -66,6 +66,7 @@ from rick_core.model import (
     Position,
     Quote,
     TimeInForce,
+    utc_now,
 )
 from rick_core.symbols import SeparatorSymbolMap
 from rick_oanda import wire
@@ -101,6 +102,10 @@ CAPABILITIES: Final = Capabilities(
 market orders are FOK or IOC, pending orders GTC, GTD or GFD (day)."""
 
 ALREADY_EXISTS: Final = "CLIENT_ORDER_ID_ALREADY_EXISTS"
+
+CLOCK_MARGIN: Final = timedelta(minutes=1)
+"""How far behind ours the venue's clock may be: v20 refuses a transactions
+range that starts after its request time ("Time is in the future")."""
 
 
 class OandaBroker(Broker):
@@ -452,34 +457,33 @@ class OandaBroker(Broker):
         spec = "@" + urlquote(client_order_id, safe="")
         data = await self._get(f"{self._account_path}/orders/{spec}", f"order {client_order_id}")
         raw = data.get("order") or {}
-        order = self._parse("order", wire.order_from, raw, self.name)
+        fill = None
+        if raw.get("state") == "FILLED" and raw.get("fillingTransactionID"):
+            fill = await self._fill(str(raw["fillingTransactionID"]))
+        order = self._parse("order", wire.order_from, raw, self.name, fill)
         if order is None:
             raise NotFound(
                 f"order {client_order_id} is a {raw.get('type')} order of a trade, not an entry",
                 broker=self.name,
             )
-        if order.status is OrderStatus.FILLED and raw.get("fillingTransactionID"):
-            order = await self._with_fill_price(order, str(raw["fillingTransactionID"]))
         return self.orders.put(order)
 
-    async def _with_fill_price(self, order: Order, transaction_id: str) -> Order:
+    async def _fill(self, transaction_id: str) -> Fill | None:
+        """The fill transaction ``transaction_id``, or None if it is no fill."""
         data = await self._get(
             f"{self._account_path}/transactions/{urlquote(transaction_id, safe='')}",
             f"fill {transaction_id}",
         )
         tx = data.get("transaction") or {}
         if tx.get("type") != "ORDER_FILL":
-            return order
-        fill = self._parse("order fill", wire.fill_from, tx, self.name, self.currency)
-        return attrs.evolve(
-            order,
-            filled_quantity=fill.quantity,
-            average_fill_price=fill.price,
-            updated_at=max(fill.time, order.created_at),
-        )
+            return None
+        return self._parse("order fill", wire.fill_from, tx, self.name, self.currency)
 
     async def fills(self, since: datetime) -> list[Fill]:
-        params = {"from": wire.format_time(since), "type": "ORDER_FILL", "pageSize": "1000"}
+        # Never ask from a time the venue may not have reached (400: "Time is in
+        # the future"); the filter on fill.time below keeps the answer exact.
+        start = min(since, utc_now() - CLOCK_MARGIN)
+        params = {"from": wire.format_time(start), "type": "ORDER_FILL", "pageSize": "1000"}
         index = await self._get(f"{self._account_path}/transactions", "transactions", params)
         self._note_transaction(index.get("lastTransactionID"))
         found: list[Fill] = []
@@ -518,6 +522,49 @@ class OandaBroker(Broker):
             params["instrument"] = instrument
         data = await self._get(f"{self._account_path}/trades", "trades", params)
         return list(data.get("trades") or [])
+
+    async def list_orders(
+        self, state: str = "PENDING", instrument: str | None = None, count: int = 50
+    ) -> list[Order]:
+        """Entry orders in ``state`` (PENDING, FILLED, TRIGGERED, CANCELLED, ALL),
+        newest first (GET /orders). Filled ones carry no fill price here: use
+        :meth:`get_order` for that."""
+        params = {"state": state, "count": str(count)}
+        if instrument:
+            params["instrument"] = instrument
+        data = await self._get(f"{self._account_path}/orders", "orders", params)
+        result: list[Order] = []
+        for raw in data.get("orders") or []:
+            if str(raw.get("type")) not in wire.ENTRY_TYPES:
+                continue
+            if raw.get("state") == "FILLED":
+                result.append(await self.get_order_by_id(str(raw.get("id"))))
+                continue
+            order = self._parse("order", wire.order_from, raw, self.name)
+            if order is not None:
+                result.append(order)
+        return result
+
+    async def get_order_by_id(self, order_id: str) -> Order:
+        """An entry order by its v20 id (with its fill price if filled)."""
+        data = await self._get(
+            f"{self._account_path}/orders/{urlquote(order_id, safe='')}", f"order {order_id}"
+        )
+        raw = data.get("order") or {}
+        fill = None
+        if raw.get("state") == "FILLED" and raw.get("fillingTransactionID"):
+            fill = await self._fill(str(raw["fillingTransactionID"]))
+        order = self._parse("order", wire.order_from, raw, self.name, fill)
+        if order is None:
+            raise NotFound(
+                f"order {order_id} is an order of a trade, not an entry", broker=self.name
+            )
+        return order
+
+    async def all_positions(self) -> list[dict[str, Any]]:
+        """Every position the account has held, open or flat (GET /positions, raw v20)."""
+        data = await self._get(f"{self._account_path}/positions", "positions")
+        return list(data.get("positions") or [])
 
     async def set_trade_orders(self, trade_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create, replace or (with null) cancel a trade's takeProfit, stopLoss or
@@ -724,16 +771,21 @@ class OandaBroker(Broker):
             )
         except NotFound:
             return None
-        order = wire.order_from(data.get("order") or {}, self.name)
-        if order is not None:
-            order = attrs.evolve(
-                order,
-                status=OrderStatus.ACCEPTED,
-                filled_quantity=Decimal(0),
-                average_fill_price=None,
-            )
-            self.orders.put(order)
-        return order
+        raw = data.get("order") or {}
+        v20_type = str(raw.get("type"))
+        if v20_type not in wire.ENTRY_TYPES:
+            return None
+        # As it was before the transaction being delivered changed it.
+        order = Order(
+            request=wire.request_from(raw, v20_type, raw["id"]),
+            broker=self.name,
+            status=OrderStatus.ACCEPTED,
+            venue_order_id=str(raw["id"]),
+        )
+        at = wire.created_at(raw)
+        if at is not None:
+            order = attrs.evolve(order, created_at=at, updated_at=at)
+        return self.orders.put(order)
 
     async def _fill_events(self, tx: dict[str, Any]) -> list[BrokerEvent]:
         fill = wire.fill_from(tx, self.name, self.currency)

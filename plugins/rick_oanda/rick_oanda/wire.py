@@ -518,13 +518,10 @@ class OrderCache:
         return order
 
 
-def created_times(data: Mapping[str, Any]) -> dict[str, datetime]:
-    """``created_at`` and ``updated_at`` from a v20 Order's ``createTime``, if any."""
+def created_at(data: Mapping[str, Any]) -> datetime | None:
+    """When a v20 Order was created (its ``createTime``), if it says."""
     when = data.get("createTime")
-    if not isinstance(when, str):
-        return {}
-    at = parse_time(when)
-    return {"created_at": at, "updated_at": at}
+    return parse_time(when) if isinstance(when, str) else None
 
 
 def created_order(tx: Mapping[str, Any], broker: str) -> Order:
