@@ -157,6 +157,10 @@ class Capabilities:
     short_selling: bool = False
     streaming_quotes: bool = False
     streaming_events: bool = False
+    attached_trailing_stop: bool = False
+    """Whether an order may carry ``trailing_stop`` (a stop trailing the position
+    it opens by a price distance, OANDA's ``trailingStopLossOnFill``). Last, so
+    positional construction keeps working."""
 
     def supports(self, request: OrderRequest) -> str | None:
         """Why the venue cannot take ``request`` natively, or None if it can."""
@@ -168,6 +172,8 @@ class Capabilities:
             return "an attached stop loss is not supported"
         if request.take_profit is not None and not self.attached_take_profit:
             return "an attached take profit is not supported"
+        if request.trailing_stop is not None and not self.attached_trailing_stop:
+            return "an attached trailing stop is not supported"
         if (
             request.quantity != request.quantity.to_integral_value()
             and not self.fractional_quantity

@@ -491,7 +491,14 @@ class OrderRequest:
     sent to every venue that accepts one so a retried submit never doubles it.
 
     ``stop_loss`` and ``take_profit`` are prices of protective orders attached
-    to the position this order opens.
+    to the position this order opens. ``trailing_stop`` is a price *distance*:
+    once the order fills, a stop trailing the best price since the fill by that
+    distance protects the filled quantity (a long's stop is the highest bid
+    since the fill less the distance, and only ever moves up; a short's is the
+    lowest ask plus the distance, and only ever moves down). It is for entry
+    orders (market, limit, stop, stop-limit, market-if-touched), not for
+    trailing stop orders, and combines with ``stop_loss`` and ``take_profit``:
+    whichever triggers first closes the position.
 
     Prices by type: ``limit_price`` for limit orders; ``stop_price`` is the
     trigger of stop orders (a buy fires when the ask rises to it, a sell when
@@ -527,6 +534,10 @@ class OrderRequest:
         default=None, converter=_to_optional_decimal, validator=_optional(_positive)
     )
     trail_percent: Decimal | None = field(
+        default=None, converter=_to_optional_decimal, validator=_optional(_positive)
+    )
+    # Last, so positional construction and stored JSON of earlier versions still fit.
+    trailing_stop: Decimal | None = field(
         default=None, converter=_to_optional_decimal, validator=_optional(_positive)
     )
 
@@ -565,6 +576,11 @@ class OrderRequest:
                 )
             if self.trail_percent is not None and self.trail_percent >= 100:
                 raise ModelError(f"{where}: trail_percent must be below 100")
+            if self.trailing_stop is not None:
+                raise ModelError(
+                    f"{where}: a trailing stop order takes no attached trailing_stop: it "
+                    "trails by its own trail_distance or trail_percent"
+                )
         elif self.trail_distance is not None or self.trail_percent is not None:
             raise ModelError(f"{where}: trail_distance and trail_percent are for trailing stops")
         if (self.time_in_force is TimeInForce.GTD) != (self.expire_time is not None):

@@ -101,8 +101,9 @@ _ORDER_COLUMNS_V1 = (
     "updated_at",
     "reject_reason",
 )
-_ORDER_COLUMNS = (*_ORDER_COLUMNS_V1, "trail_distance", "trail_percent")
-"""Every order column but ``strategy``: migration 1's, and migration 3's trailing stop."""
+_ORDER_COLUMNS = (*_ORDER_COLUMNS_V1, "trail_distance", "trail_percent", "trailing_stop")
+"""Every order column but ``strategy``: migration 1's, migration 3's trailing stop
+orders, and migration 4's attached trailing stop."""
 _ORDER_REQUIRED = (
     "client_order_id",
     "broker",
@@ -191,10 +192,17 @@ def _rename_order_states(db: Database) -> None:
     db.execute("ALTER TABLE [orders] ADD COLUMN [trail_percent] TEXT")
 
 
+def _add_attached_trailing_stop(db: Database) -> None:
+    # An entry order's attached trailing stop (a price distance); NULL for every
+    # order stored before, which had none.
+    db.execute("ALTER TABLE [orders] ADD COLUMN [trailing_stop] TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders and fills", _create_orders_and_fills),
     Migration(2, "order strategies and account snapshots", _add_strategies_and_accounts),
     Migration(3, "order state machine names, trailing stops", _rename_order_states),
+    Migration(4, "attached trailing stops", _add_attached_trailing_stop),
 )
 """Every schema step, in order; versions are 1, 2, 3, ... with no gaps."""
 
@@ -334,6 +342,7 @@ def _order_values(order: Order) -> tuple[str | None, ...]:
         order.reject_reason,
         None if request.trail_distance is None else str(request.trail_distance),
         None if request.trail_percent is None else str(request.trail_percent),
+        None if request.trailing_stop is None else str(request.trailing_stop),
     )
 
 
@@ -354,6 +363,7 @@ def _order_from_row(row: Mapping[str, Any]) -> Order:
         tag=row["tag"],
         trail_distance=row["trail_distance"],
         trail_percent=row["trail_percent"],
+        trailing_stop=row["trailing_stop"],
     )
     return Order(
         request=request,

@@ -125,6 +125,7 @@ class StrategyContext(Protocol):
         if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
+        trailing_stop: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
         expire_time: datetime | None = None,
         tag: str = "",
@@ -135,7 +136,10 @@ class StrategyContext(Protocol):
         (``if_touched=`` its touch price: a buy rests below the market and fires
         a market order when the ask falls to it, a sell rests above and fires
         when the bid rises to it); optionally with an attached stop loss
-        and take profit. An order type the broker lacks is held and fired by
+        and take profit (prices), and an attached ``trailing_stop`` (a price
+        distance: once filled, a stop trails the best price since the fill by
+        it; the first of the three to trigger closes the position; not for a
+        trailing stop order). An order type the broker lacks is held and fired by
         rick from the quotes where it can be (see ``rick_core.engine.emulation``).
 
         Returns the order as the broker acknowledged it; a refused order comes
@@ -157,6 +161,7 @@ class StrategyContext(Protocol):
         if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
+        trailing_stop: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
         expire_time: datetime | None = None,
         tag: str = "",
@@ -176,6 +181,7 @@ class StrategyContext(Protocol):
         if_touched: Decimal | int | str | None = None,
         stop_loss: Decimal | int | str | None = None,
         take_profit: Decimal | int | str | None = None,
+        trailing_stop: Decimal | int | str | None = None,
         time_in_force: TimeInForce | str | None = None,
         expire_time: datetime | None = None,
         tag: str = "",

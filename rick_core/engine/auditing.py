@@ -73,6 +73,7 @@ def _order_details(order: Order) -> dict[str, Any]:
         ("stop_price", request.stop_price),
         ("stop_loss", request.stop_loss),
         ("take_profit", request.take_profit),
+        ("trailing_stop", request.trailing_stop),
         ("average_fill_price", order.average_fill_price),
     ):
         if value is not None:

@@ -33,8 +33,15 @@ store at start (rick stopped while holding it) is taken up again by
 reconciliation and held anew. While rick is not running nothing fires it:
 a venue-native stop is the safer choice where the venue offers one.
 
-OCO: two orders placed together; the first to get a fill (or to end any other
-way: canceled, rejected, expired) cancels the other.
+OCO: orders placed together (two, or a bracket's up to three protective legs);
+the first to get a fill (or to end any other way: canceled, rejected, expired)
+cancels the others.
+
+A bracket (protection the venue cannot attach: ``stop_loss``, ``take_profit``,
+``trailing_stop``) is placed by rick once the entry has filled, for the filled
+quantity: ``<id>.sl`` (a stop), ``<id>.tp`` (a limit) and ``<id>.ts`` (a
+trailing stop by ``trail_distance`` = the entry's ``trailing_stop``, itself
+held by rick where the venue has no trailing stops), one-cancels-other.
 """
 
 from __future__ import annotations
@@ -85,13 +92,15 @@ def trigger_price(request: OrderRequest, best: Decimal) -> Decimal:
 
 
 def _protection(entry: Order) -> list[OrderRequest]:
-    """The stop loss and take profit orders protecting ``entry``'s filled quantity."""
+    """The stop loss, take profit and trailing stop orders protecting ``entry``'s
+    filled quantity."""
     request = entry.request
     side = Side.SELL if request.side is Side.BUY else Side.BUY
     legs = []
     for suffix, price, kind in (
         ("sl", request.stop_loss, OrderType.STOP),
         ("tp", request.take_profit, OrderType.LIMIT),
+        ("ts", request.trailing_stop, OrderType.TRAILING_STOP),
     ):
         if price is None:
             continue
@@ -104,6 +113,7 @@ def _protection(entry: Order) -> list[OrderRequest]:
                 type=kind,
                 stop_price=price if kind is OrderType.STOP else None,
                 limit_price=price if kind is OrderType.LIMIT else None,
+                trail_distance=price if kind is OrderType.TRAILING_STOP else None,
                 time_in_force=TimeInForce.GTC,
                 client_order_id=coid if len(coid) <= 64 else new_client_order_id(),
                 tag=f"{suffix} of {request.client_order_id}",
@@ -128,6 +138,7 @@ def _child_request(parent: OrderRequest, quantity: Decimal) -> OrderRequest:
             expire_time=parent.expire_time if tif is TimeInForce.GTD else None,
             stop_loss=parent.stop_loss,
             take_profit=parent.take_profit,
+            trailing_stop=parent.trailing_stop,
             client_order_id=coid,
             tag=parent.tag,
         )
@@ -138,6 +149,7 @@ def _child_request(parent: OrderRequest, quantity: Decimal) -> OrderRequest:
         type=OrderType.MARKET,
         stop_loss=parent.stop_loss,
         take_profit=parent.take_profit,
+        trailing_stop=parent.trailing_stop,
         client_order_id=coid,
         tag=parent.tag,
     )
@@ -159,10 +171,10 @@ class Emulator:
         self._held: dict[str, _Held] = {}
         self._watch: dict[tuple[str, str], dict[str, _Held]] = {}
         self._children: dict[str, str] = {}  # child -> parent
-        self._partner: dict[str, str] = {}  # OCO: each leg -> the other
+        self._partner: dict[str, tuple[str, ...]] = {}  # OCO: each leg -> the others
         self._voided: dict[str, str] = {}  # OCO legs not yet sent whose partner ended
         self._brackets: dict[str, str | None] = {}  # entries rick protects -> strategy
-        self._protective: set[str] = set()  # stop loss / take profit orders rick placed
+        self._protective: set[str] = set()  # protective legs (sl / tp / ts) rick placed
         self._pending_protection: dict[str, tuple[Order, str | None]] = {}
         self._work_in, self._work_out = trio.open_memory_channel[tuple[str, str]](math.inf)
         self.last_quote: Callable[[str, str], Quote | None] = lambda broker, instrument: None
@@ -195,13 +207,16 @@ class Emulator:
     def needs_bracket(broker: Broker, request: OrderRequest) -> bool:
         """Whether ``request`` carries protection the venue cannot attach natively."""
         caps = broker.capabilities
-        return (request.stop_loss is not None and not caps.attached_stop_loss) or (
-            request.take_profit is not None and not caps.attached_take_profit
+        return (
+            (request.stop_loss is not None and not caps.attached_stop_loss)
+            or (request.take_profit is not None and not caps.attached_take_profit)
+            or (request.trailing_stop is not None and not caps.attached_trailing_stop)
         )
 
     def bracket(self, order: Order, strategy: str | None) -> None:
-        """Protect ``order`` once it fills: rick places its stop loss and take
-        profit (as an OCO pair when both are set) for the filled quantity."""
+        """Protect ``order`` once it fills: rick places its stop loss, take profit
+        and trailing stop (one-cancels-other when more than one is set) for the
+        filled quantity."""
         self._brackets[order.client_order_id] = strategy
 
     def brackets(self, client_order_id: str) -> bool:
@@ -305,16 +320,17 @@ class Emulator:
         parent = self._children.get(coid)
         if parent is not None:
             self._work_in.send_nowait(("mirror", coid))
-        partner = self._partner.get(coid)
-        if partner is not None and (order.filled_quantity > 0 or order.status.is_final):
+        partners = self._partner.get(coid)
+        if partners is not None and (order.filled_quantity > 0 or order.status.is_final):
             self._partner.pop(coid, None)
-            self._partner.pop(partner, None)
-            other = self._oms.known(partner)
-            if other is None or other.status is OrderStatus.NEW:
-                # Not sent yet: its submit sees this and does not send it.
-                self._voided[partner] = "not sent: its one-cancels-other partner ended first"
-            else:
-                self._work_in.send_nowait(("cancel", partner))
+            for partner in partners:
+                self._partner.pop(partner, None)
+                other = self._oms.known(partner)
+                if other is None or other.status is OrderStatus.NEW:
+                    # Not sent yet: its submit sees this and does not send it.
+                    self._voided[partner] = "not sent: its one-cancels-other partner ended first"
+                else:
+                    self._work_in.send_nowait(("cancel", partner))
         if order.status.is_final and coid in self._held and self._held[coid].child is None:
             self._release(coid)
         if order.status.is_final and coid in self._brackets:
@@ -325,15 +341,17 @@ class Emulator:
 
     # -- OCO -----------------------------------------------------------------
 
-    def link(self, first: str, second: str) -> None:
-        """Make two orders (by client order id) one-cancels-other."""
-        self._partner[first] = second
-        self._partner[second] = first
+    def link(self, first: str, second: str, *more: str) -> None:
+        """Make two or more orders (by client order id) one-cancels-other: the
+        first to get a fill or to end cancels all the others."""
+        group = (first, second, *more)
+        for coid in group:
+            self._partner[coid] = tuple(other for other in group if other != coid)
 
     def unlink(self, client_order_id: str) -> None:
         """Undo :meth:`link` (the first leg could not be placed)."""
-        partner = self._partner.pop(client_order_id, None)
-        if partner is not None:
+        partners = self._partner.pop(client_order_id, None)
+        for partner in partners or ():
             self._partner.pop(partner, None)
 
     def voided(self, client_order_id: str) -> str | None:
@@ -380,8 +398,8 @@ class Emulator:
     async def _protect(self, coid: str) -> None:
         entry, strategy = self._pending_protection.pop(coid)
         legs = _protection(entry)
-        if len(legs) == 2:
-            self.link(legs[0].client_order_id, legs[1].client_order_id)
+        if len(legs) >= 2:
+            self.link(*(leg.client_order_id for leg in legs))
         for leg in legs:
             self._protective.add(leg.client_order_id)
             try:

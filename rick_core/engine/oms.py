@@ -282,7 +282,7 @@ class OrderManager:
             if self.emulator.needs_bracket(broker, request):
                 # rick places the protection once the entry has filled.
                 self.emulator.bracket(submitted, strategy)
-                send = attrs.evolve(request, stop_loss=None, take_profit=None)
+                send = attrs.evolve(request, stop_loss=None, take_profit=None, trailing_stop=None)
             if request.type in _TRIGGERS and self.emulator.emulates(broker, send):
                 return self.emulator.hold(submitted, strategy)
             with trio.move_on_after(self.send_timeout) as waiting:

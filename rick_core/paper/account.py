@@ -48,7 +48,7 @@ Events
 Every change to an order is reported as the order's new state, and every
 execution as a :class:`~rick_core.model.Fill` followed by the order's new state.
 A submitted order is first reported as accepted (status ``ACCEPTED``). Orders the
-account creates itself (the ``.sl`` / ``.tp`` closes of position protection and
+account creates itself (the ``.sl`` / ``.tp`` / ``.ts`` closes of position protection and
 ``margin_closeout`` orders) are born filled: they are reported as a fill and the
 ``FILLED`` order. A stop order reaching its stop price is not an event (its status
 stays ``ACCEPTED`` until it fills). Fills at submission happen at ``now``; fills on a
@@ -63,10 +63,20 @@ Simplifications (documented, deliberate)
 - Protective closes (stop loss, take profit) and margin close-outs ignore the
   quoted size: they close the whole position at the touch.
 - A margin close-out closes every position but leaves working orders alone.
-- Stop losses and take profits attached to an order become the position's
-  protection at the order's first fill in its direction (they replace the whole
-  earlier pair). Changing the order's protection afterwards does not move the
-  position's: use :meth:`PaperAccount.replace_position_protection` for that.
+- Stop losses, take profits and trailing stops attached to an order become the
+  position's protection at the order's first fill in its direction (they
+  replace the whole earlier set). Changing the order's protection afterwards
+  does not move the position's: use
+  :meth:`PaperAccount.replace_position_protection` for that (stop loss and
+  take profit only: it leaves a trailing stop as it is).
+- An attached trailing stop (``trailing_stop``, a price distance) starts from
+  the mark when it is set (a long's bid, a short's ask), follows each quote's
+  mark when it is better (a long's highest bid, a short's lowest ask: the stop
+  only ever moves in the position's favour) and closes the whole position
+  (client order id ``<parent>.ts``, tag ``trailing_stop``, slipped like a stop
+  loss) when the mark comes back to ``best - distance`` (a long) or
+  ``best + distance`` (a short). A stop loss reached on the same quote wins;
+  the trailing stop is checked before the take profit.
 - A fill that needs a currency conversion nobody has quoted is skipped (the
   order keeps working); submission already refuses orders that cannot be valued.
 
@@ -326,6 +336,8 @@ class _Holding:
     stop_loss: Decimal | None = None
     take_profit: Decimal | None = None
     protection_by: str | None = None  # client order id of the order that set the protection
+    trailing_stop: Decimal | None = None  # an attached trailing stop's distance
+    trail_best: Decimal | None = None  # its best mark since it was set
 
     def to_jsonable(self, instrument: str) -> dict[str, Any]:
         return {
@@ -336,6 +348,8 @@ class _Holding:
             "stop_loss": None if self.stop_loss is None else str(self.stop_loss),
             "take_profit": None if self.take_profit is None else str(self.take_profit),
             "protection_by": self.protection_by,
+            "trailing_stop": None if self.trailing_stop is None else str(self.trailing_stop),
+            "trail_best": None if self.trail_best is None else str(self.trail_best),
         }
 
     def to_json(self, instrument: str) -> str:
@@ -344,7 +358,8 @@ class _Holding:
             f'{{"instrument":"{instrument}","quantity":"{self.quantity!s}",'
             f'"average_price":"{self.average_price!s}","opened_by":{_escape(self.opened_by)},'
             f'"stop_loss":{_jnum(self.stop_loss)},"take_profit":{_jnum(self.take_profit)},'
-            f'"protection_by":{_jtext(self.protection_by)}}}'
+            f'"protection_by":{_jtext(self.protection_by)},'
+            f'"trailing_stop":{_jnum(self.trailing_stop)},"trail_best":{_jnum(self.trail_best)}}}'
         )
 
     @classmethod
@@ -359,6 +374,9 @@ class _Holding:
             stop_loss=optional(data["stop_loss"]),
             take_profit=optional(data["take_profit"]),
             protection_by=data["protection_by"],
+            # Absent from records written before attached trailing stops existed.
+            trailing_stop=optional(data.get("trailing_stop")),
+            trail_best=optional(data.get("trail_best")),
         )
 
 
@@ -457,7 +475,7 @@ def request_json(request: OrderRequest) -> str:
         f'"expire_time":{_jtime(r.expire_time)},"stop_loss":{_jnum(r.stop_loss)},'
         f'"take_profit":{_jnum(r.take_profit)},"client_order_id":"{r.client_order_id}",'
         f'"tag":{_escape(r.tag)},"trail_distance":{_jnum(r.trail_distance)},'
-        f'"trail_percent":{_jnum(r.trail_percent)}}}'
+        f'"trail_percent":{_jnum(r.trail_percent)},"trailing_stop":{_jnum(r.trailing_stop)}}}'
     )
 
 
@@ -710,6 +728,15 @@ class PaperAccount:
         rate = self._require_rate(instrument.quote_currency)
         if request.type is OrderType.TRAILING_STOP:
             self._check_trail(instrument, request, quote)
+        if (
+            request.trailing_stop is not None
+            and request.side is Side.BUY
+            and request.trailing_stop >= quote.bid
+        ):
+            self._reject(
+                f"trailing_stop {request.trailing_stop} of a buy must be below the bid "
+                f"{quote.bid} of {instrument.symbol}: the stop could never trigger"
+            )
         if request.type is OrderType.MARKET or request.type is OrderType.TRAILING_STOP:
             # Both trade at the market: protection the market is through would fire at once.
             self._check_protection_sides(
@@ -813,7 +840,9 @@ class PaperAccount:
     ) -> Position:
         """Change the stop loss / take profit of the position in ``instrument``.
 
-        A price sets one, ``None`` removes it, ``KEEP`` leaves it. A level the
+        A price sets one, ``None`` removes it, ``KEEP`` leaves it. An attached
+        trailing stop the position has is left as it is (its distance and its
+        best mark so far). A level the
         current market is already through (a long's stop loss at or above the bid,
         its take profit at or below the bid; shorts mirrored at the ask) is refused
         with :class:`OrderRejected`: close the position with an order instead.
@@ -1086,6 +1115,7 @@ class PaperAccount:
         self._check_price(instrument, "stop_loss", request.stop_loss)
         self._check_price(instrument, "take_profit", request.take_profit)
         self._check_price(instrument, "trail_distance", request.trail_distance)
+        self._check_price(instrument, "trailing_stop", request.trailing_stop)
 
     def _check_trail(self, instrument: Instrument, request: OrderRequest, quote: Quote) -> None:
         """Refuse a sell trailing stop whose distance would put its trigger at or below zero."""
@@ -1449,11 +1479,24 @@ class PaperAccount:
         if (
             holding is not None
             and _sign(holding.quantity) == _sign(delta)
-            and (request.stop_loss is not None or request.take_profit is not None)
+            and (
+                request.stop_loss is not None
+                or request.take_profit is not None
+                or request.trailing_stop is not None
+            )
             and (opened or order.client_order_id not in self._protection_applied)
         ):
             holding.stop_loss = request.stop_loss
             holding.take_profit = request.take_profit
+            holding.trailing_stop = request.trailing_stop
+            quote = self._quotes.get(symbol)
+            holding.trail_best = (
+                None
+                if request.trailing_stop is None or quote is None
+                else quote.bid
+                if holding.quantity > 0
+                else quote.ask
+            )
             holding.protection_by = order.client_order_id
             self._protection_applied.add(order.client_order_id)
             fresh.add(symbol)
@@ -1510,15 +1553,29 @@ class PaperAccount:
     # -- protection and close-out --------------------------------------------
 
     def _protect(self, symbol: str, quote: Quote, events: list[Order | Fill]) -> None:
-        """Close the position in ``symbol`` if ``quote`` reached its stop loss or take profit."""
+        """Move the position's trailing stop with ``quote``, and close the position in
+        ``symbol`` if ``quote`` reached its stop loss, trailing stop or take profit."""
         holding = self._positions.get(symbol)
         if holding is None:
             return
         long = holding.quantity > 0
         mark = quote.bid if long else quote.ask
         stop, take = holding.stop_loss, holding.take_profit
+        trail = holding.trailing_stop
+        trailed = False
+        if trail is not None:
+            best = holding.trail_best
+            if best is None or (mark > best if long else mark < best):
+                holding.trail_best = best = mark
+                changes = self._changes
+                if changes is not None:
+                    changes.symbols.add(symbol)
+                    changes.any = True
+            trailed = mark <= best - trail if long else mark >= best + trail
         if stop is not None and (mark <= stop if long else mark >= stop):
             kind, suffix = "stop_loss", "sl"
+        elif trailed:
+            kind, suffix = "trailing_stop", "ts"
         elif take is not None and (mark >= take if long else mark <= take):
             kind, suffix = "take_profit", "tp"
         else:
@@ -1527,7 +1584,7 @@ class PaperAccount:
         self._close(symbol, quote, self._protective_id(parent, suffix), kind, events)
 
     def _protective_id(self, parent: str, suffix: str) -> str:
-        """``parent.sl`` (or ``.tp``), with a counter when that id was used before."""
+        """``parent.sl`` (or ``.tp``, ``.ts``), with a counter when that id was used before."""
         count = 1
         while True:
             tail = f".{suffix}" + (str(count) if count > 1 else "")

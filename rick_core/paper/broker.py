@@ -29,8 +29,9 @@ Options (``[brokers.<name>]`` with ``kind = "paper"``), all optional:
                        ``Unsupported``
 ``time_in_force``      the times in force it claims and takes (default all:
                        ``["gtc", "gtd", "day", "ioc", "fok"]``)
-``attached_protection``  whether orders may carry a stop loss / take profit, and
-                       have it changed (default true)
+``attached_protection``  whether orders may carry a stop loss / take profit /
+                       trailing stop, and have the first two changed
+                       (default true)
 ``position_protection``  whether a position's stop loss / take profit can be set
                        with ``replace_position_protection`` (default true)
 ``fractional_quantity``  whether quantities may be fractional (default true)
@@ -133,6 +134,7 @@ NATIVE_CAPABILITIES = Capabilities(
     short_selling=True,
     streaming_quotes=True,
     streaming_events=True,
+    attached_trailing_stop=True,
 )
 """Everything the paper venue can do; options narrow it (see the module documentation)."""
 
@@ -371,6 +373,7 @@ class PaperOptions:
             time_in_force=time_in_force,
             attached_stop_loss=attached,
             attached_take_profit=attached,
+            attached_trailing_stop=attached,
             modify_order_protection=attached,
             modify_position_protection=position,
             fractional_quantity=fractional,

@@ -1094,6 +1094,9 @@ class BrokerConformance:
                 case("an attached stop loss", side=Side.BUY, stop_loss=below)
             if not capabilities.attached_take_profit:
                 case("an attached take profit", side=Side.BUY, take_profit=above)
+            if not capabilities.attached_trailing_stop:
+                distance = await session.price(quote.bid * Decimal("0.01"), ROUND_CEILING)
+                case("an attached trailing stop", side=Side.BUY, trailing_stop=distance)
             if not capabilities.fractional_quantity:
                 fractional = target.quantity.to_integral_value(ROUND_FLOOR) + Decimal("0.5")
                 case("a fractional quantity", side=Side.BUY, quantity=fractional)
