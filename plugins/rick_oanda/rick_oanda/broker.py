@@ -90,6 +90,7 @@ CAPABILITIES: Final = Capabilities(
     },
     attached_stop_loss=True,
     attached_take_profit=True,
+    attached_trailing_stop=True,  # trailingStopLossOnFill
     modify_order_protection=True,
     modify_position_protection=True,
     client_order_ids=True,
@@ -334,7 +335,7 @@ class OandaBroker(Broker):
             reason = str(cancel.get("reason") or "cancelled by the venue")
             if order.filled_quantity == 0:
                 raise OrderRejected(
-                    f"the venue cancelled the order at once: {reason}",
+                    _cancelled_at_once(reason),
                     broker=self.name,
                     code=reason,
                 )
@@ -742,6 +743,11 @@ class OandaBroker(Broker):
                 order = wire.created_order(tx, self.name)
                 if self.orders.get(str(tx["id"])) is None:  # the POST's answer may be ahead
                     self.orders.put(order)
+                if order.request.time_in_force in wire.MARKET_TIME_IN_FORCE:
+                    # FOK / IOC never rest: the fill or cancel of the same batch
+                    # says how it ended ("accepted" first would make a cancel at
+                    # once a cancellation instead of the rejection it is).
+                    return []
                 return [order]
             if kind in wire.REJECT_TRANSACTIONS:
                 return [wire.rejected_order(tx, self.name)]
@@ -803,4 +809,19 @@ class OandaBroker(Broker):
         order = await self._order_of(str(tx.get("orderID")))
         if order is None:
             return []
-        return [self.orders.put(wire.cancelled_order(order, tx))]
+        cancelled = wire.cancelled_order(order, tx)
+        if order.filled_quantity == 0 and order.request.time_in_force in wire.MARKET_TIME_IN_FORCE:
+            # A FOK / IOC order cancelled with nothing filled: refused, as
+            # place_order reports it when the POST's answer carries the cancel.
+            cancelled = attrs.evolve(
+                cancelled,
+                status=OrderStatus.REJECTED,
+                reject_reason=_cancelled_at_once(str(tx.get("reason") or "")),
+            )
+        return [self.orders.put(cancelled)]
+
+
+def _cancelled_at_once(reason: str) -> str:
+    """The reject reason of an order v20 cancelled as it made it (``reason``: the
+    ORDER_CANCEL's, e.g. MARKET_HALTED, INSUFFICIENT_MARGIN)."""
+    return f"the venue cancelled the order at once: {reason or 'cancelled by the venue'}"

@@ -152,6 +152,13 @@ def _price(details: Any) -> Decimal | None:
     return None
 
 
+def _distance(details: Any) -> Decimal | None:
+    """The distance of v20 TrailingStopLossDetails, if any."""
+    if isinstance(details, Mapping) and details.get("distance") is not None:
+        return _decimal(details["distance"], "distance")
+    return None
+
+
 def _steps(increment: Decimal | None) -> int:
     if increment is None:
         return 8
@@ -341,6 +348,12 @@ def order_body(request: OrderRequest, instrument: Instrument) -> dict[str, Any]:
             "timeInForce": "GTC",
             "clientExtensions": {"id": protection_id(coid, "sl"), "tag": "stop_loss"},
         }
+    if request.trailing_stop is not None:
+        order["trailingStopLossOnFill"] = {
+            "distance": format_price(request.trailing_stop, instrument),
+            "timeInForce": "GTC",
+            "clientExtensions": {"id": protection_id(coid, "ts"), "tag": "trailing_stop"},
+        }
     if request.take_profit is not None:
         order["takeProfitOnFill"] = {
             "price": format_price(request.take_profit, instrument),
@@ -399,6 +412,7 @@ def request_from(data: Mapping[str, Any], v20_type: str, order_id: Any) -> Order
         expire_time=parse_time(gtd) if isinstance(gtd, str) else None,
         stop_loss=_price(data.get("stopLossOnFill")),
         take_profit=_price(data.get("takeProfitOnFill")),
+        trailing_stop=_distance(data.get("trailingStopLossOnFill")),
         client_order_id=coid,
         tag=tag,
     )
