@@ -467,6 +467,23 @@ class OandaBroker(Broker):
                 f"order {client_order_id} is a {raw.get('type')} order of a trade, not an entry",
                 broker=self.name,
             )
+        if (
+            order.status is OrderStatus.CANCELED
+            and order.filled_quantity == 0
+            and order.request.time_in_force in (TimeInForce.FOK, TimeInForce.IOC)
+        ):
+            # Cancelled as v20 made it (as place_order would have raised): rejected.
+            reason = ""
+            if raw.get("cancellingTransactionID"):
+                cancel = await self._get(
+                    f"{self._account_path}/transactions/"
+                    f"{urlquote(str(raw['cancellingTransactionID']), safe='')}",
+                    "order cancel",
+                )
+                reason = str((cancel.get("transaction") or {}).get("reason") or "")
+            order = attrs.evolve(
+                order, status=OrderStatus.REJECTED, reject_reason=_cancelled_at_once(reason)
+            )
         return self.orders.put(order)
 
     async def _fill(self, transaction_id: str) -> Fill | None:

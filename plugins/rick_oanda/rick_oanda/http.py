@@ -274,10 +274,10 @@ class V20Http:
             if status == 429:
                 self.rate_limited += 1
                 if attempt < self.rate_limit_retries:
-                    delay = _retry_after(response)
-                    if delay is None:
-                        delay = RATE_LIMIT_BACKOFF.delay(attempt, self._rng)
                     attempt += 1
+                    delay = _retry_after(response)
+                    if delay is None:  # Backoff counts failures from 1: 0.25 s first
+                        delay = RATE_LIMIT_BACKOFF.delay(attempt, self._rng)
                     log.warning(
                         "rate limited by the venue; retrying",
                         broker=self.broker,
