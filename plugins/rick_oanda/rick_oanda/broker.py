@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 
 import attrs
 import structlog
-import trio
 
 from rick_core.broker import (
     HEARTBEAT,
@@ -632,19 +631,15 @@ class OandaBroker(Broker):
         return data
 
     async def positions(self) -> list[Position]:
-        async with trio.open_nursery() as nursery:
-            answers: dict[str, dict[str, Any]] = {}
-
-            async def fetch(key: str, path: str) -> None:
-                answers[key] = await self._get(f"{self._account_path}/{path}", path)
-
-            nursery.start_soon(fetch, "positions", "openPositions")
-            nursery.start_soon(fetch, "trades", "openTrades")
+        # One after the other: a nursery would wrap a venue error in an
+        # exception group, and callers expect a BrokerError.
+        positions = await self._get(f"{self._account_path}/openPositions", "open positions")
+        trades = await self._get(f"{self._account_path}/openTrades", "open trades")
         return self._parse(
             "open positions",
             wire.positions_from,
-            answers["positions"].get("positions") or [],
-            answers["trades"].get("trades") or [],
+            positions.get("positions") or [],
+            trades.get("trades") or [],
             self.name,
         )
 

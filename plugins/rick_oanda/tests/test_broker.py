@@ -633,3 +633,16 @@ async def test_get_order_of_a_market_order_cancelled_at_once_is_rejected_with_th
         assert found.reject_reason is not None and "MARKET_HALTED" in found.reject_reason
     finally:
         await broker.close()
+
+
+async def test_positions_raises_a_broker_error_not_a_group(
+    fake_v20: FakeV20, make_broker: MakeBroker
+) -> None:
+    broker = make_broker()
+    await broker.connect()
+    try:
+        fake_v20.fail_next(1, status=503, path_contains="/openTrades")
+        with trio.fail_after(5), pytest.raises(TemporarilyUnavailable):
+            await broker.positions()
+    finally:
+        await broker.close()
