@@ -454,8 +454,15 @@ class OandaBroker(Broker):
         return result
 
     async def get_order(self, client_order_id: str) -> Order:
-        spec = "@" + urlquote(client_order_id, safe="")
-        data = await self._get(f"{self._account_path}/orders/{spec}", f"order {client_order_id}")
+        return await self._order_at("@" + urlquote(client_order_id, safe=""), client_order_id)
+
+    async def get_order_by_id(self, order_id: str) -> Order:
+        """An entry order by its v20 id (with its fill price if filled)."""
+        return await self._order_at(urlquote(order_id, safe=""), order_id)
+
+    async def _order_at(self, spec: str, name: str) -> Order:
+        """The entry order at v20 order specifier ``spec`` (an id or ``@client id``)."""
+        data = await self._get(f"{self._account_path}/orders/{spec}", f"order {name}")
         raw = data.get("order") or {}
         fill = None
         if raw.get("state") == "FILLED" and raw.get("fillingTransactionID"):
@@ -463,7 +470,7 @@ class OandaBroker(Broker):
         order = self._parse("order", wire.order_from, raw, self.name, fill)
         if order is None:
             raise NotFound(
-                f"order {client_order_id} is a {raw.get('type')} order of a trade, not an entry",
+                f"order {name} is a {raw.get('type')} order of a trade, not an entry",
                 broker=self.name,
             )
         if (
@@ -561,22 +568,6 @@ class OandaBroker(Broker):
             if order is not None:
                 result.append(order)
         return result
-
-    async def get_order_by_id(self, order_id: str) -> Order:
-        """An entry order by its v20 id (with its fill price if filled)."""
-        data = await self._get(
-            f"{self._account_path}/orders/{urlquote(order_id, safe='')}", f"order {order_id}"
-        )
-        raw = data.get("order") or {}
-        fill = None
-        if raw.get("state") == "FILLED" and raw.get("fillingTransactionID"):
-            fill = await self._fill(str(raw["fillingTransactionID"]))
-        order = self._parse("order", wire.order_from, raw, self.name, fill)
-        if order is None:
-            raise NotFound(
-                f"order {order_id} is an order of a trade, not an entry", broker=self.name
-            )
-        return order
 
     async def all_positions(self) -> list[dict[str, Any]]:
         """Every position the account has held, open or flat (GET /positions, raw v20)."""
